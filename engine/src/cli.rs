@@ -1,0 +1,531 @@
+//! The `bitnet` command line: run, inspect, tokenize, logits, perplexity, convert, synth.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 invalid input file (GGUF,
+//! model, tokenizer or checkpoint). Every error is one line on stderr.
+
+use crate::convert::{self, synth, FloatFormat, Vocab, WeightFormat};
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions};
+use crate::gguf::Gguf;
+use crate::model::{Activation, Model, State};
+use crate::sample::SamplerParams;
+use crate::tokenizer::Tokenizer;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bitnet",
+    version,
+    about = "BitNet b1.58 inference: run, inspect, convert"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a prompt (streams to stdout).
+    Run(RunArgs),
+    /// Show a GGUF file's metadata and tensors and whether it loads as a model.
+    Inspect {
+        model: PathBuf,
+        /// Only validate the GGUF container (for vocab-only or non-bitnet files).
+        #[arg(long)]
+        gguf_only: bool,
+        /// Print every element of metadata arrays.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print the token ids of a text.
+    Tokenize {
+        #[arg(short, long)]
+        model: PathBuf,
+        text: String,
+        /// Do not add BOS/EOS even if the model asks for it.
+        #[arg(long)]
+        no_bos: bool,
+        /// Parse special-token text (e.g. <|begin_of_text|>) into single tokens.
+        #[arg(long)]
+        special: bool,
+    },
+    /// Teacher-forced logits of every position to a binary file
+    /// (i32 n_tokens, i32 n_vocab, then f32 row-major, little endian).
+    Logits {
+        #[arg(short, long)]
+        model: PathBuf,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "batch")]
+        mode: Mode,
+        #[arg(short, long)]
+        threads: Option<usize>,
+    },
+    /// Mean negative log-likelihood and perplexity of a text file.
+    Perplexity {
+        #[arg(short, long)]
+        model: PathBuf,
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Tokens per evaluation window (default: the model's context length).
+        #[arg(long)]
+        ctx: Option<usize>,
+        #[arg(short, long)]
+        threads: Option<usize>,
+    },
+    /// Convert a checkpoint to a bitnet GGUF.
+    Convert {
+        #[command(subcommand)]
+        source: ConvertSource,
+    },
+    /// Write a deterministic synthetic bitnet model.
+    Synth {
+        #[arg(long)]
+        preset: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// GGUF to take the vocabulary from (default: the preset's file in the shared data).
+        #[arg(long)]
+        vocab: Option<PathBuf>,
+        #[arg(long, default_value = "i2_s")]
+        weights: String,
+        #[arg(long, default_value = "f16")]
+        embedding: String,
+        /// Override the preset's FFN activation (silu, relu2).
+        #[arg(long)]
+        activation: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConvertSource {
+    /// A bitllama2.c model.bin plus its SentencePiece tokenizer.model.
+    Llama2c {
+        checkpoint: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// i2_s, tq2_0, tq1_0 or f32.
+        #[arg(long, default_value = "i2_s")]
+        weights: String,
+        /// f32 or f16.
+        #[arg(long, default_value = "f32")]
+        embedding: String,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One token at a time.
+    Seq,
+    /// All tokens in one batch.
+    Batch,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[arg(short, long)]
+    pub model: PathBuf,
+    #[arg(short, long, default_value = "")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    pub n_predict: usize,
+    /// 0 = greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text is generated (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Keep generating past EOS.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Do not echo the prompt before the generated text.
+    #[arg(long)]
+    pub no_echo: bool,
+    /// Print timings to stderr at the end.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli.cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::Usage(_) => 2,
+        Error::Io { .. } => 1,
+        Error::Convert(convert::ConvertError::Io { .. }) => 1,
+        Error::Convert(convert::ConvertError::Usage(_)) => 2,
+        _ => 3,
+    }
+}
+
+fn load(path: &Path, threads: Option<usize>) -> Result<(Model, Tokenizer)> {
+    let file = Arc::new(Gguf::open(path)?);
+    let tok = Tokenizer::from_gguf(&file)?;
+    let mut model = Model::from_gguf(file)?;
+    if let Some(t) = threads {
+        if t == 0 {
+            return Err(Error::Usage("--threads must be at least 1".into()));
+        }
+        model.threads = t;
+    }
+    Ok((model, tok))
+}
+
+fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors ({elapsed})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run(a) => run(a),
+        Command::Inspect {
+            model,
+            gguf_only,
+            full,
+        } => inspect(&model, gguf_only, full),
+        Command::Tokenize {
+            model,
+            text,
+            no_bos,
+            special,
+        } => {
+            let g = Gguf::open(&model)?;
+            let tok = Tokenizer::from_gguf(&g)?;
+            let ids = tok.encode(&text, !no_bos, special);
+            println!(
+                "{}",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            Ok(())
+        }
+        Command::Logits {
+            model,
+            tokens,
+            output,
+            mode,
+            threads,
+        } => {
+            let (m, _) = load(&model, threads)?;
+            let logits = teacher_forced_logits(&m, &tokens, mode)?;
+            write_logits(&output, tokens.len(), m.config.vocab_size, &logits)
+        }
+        Command::Perplexity {
+            model,
+            file,
+            ctx,
+            threads,
+        } => {
+            let (m, tok) = load(&model, threads)?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Error::io(file.display().to_string(), e))?;
+            let ids = tok.encode(&text, true, false);
+            let (nll, n) = perplexity(&m, &ids, ctx.unwrap_or(m.config.context_length))?;
+            println!("tokens evaluated: {n}");
+            println!("mean NLL: {nll:.4}");
+            println!("perplexity: {:.4}", nll.exp());
+            Ok(())
+        }
+        Command::Convert {
+            source:
+                ConvertSource::Llama2c {
+                    checkpoint,
+                    tokenizer,
+                    output,
+                    weights,
+                    embedding,
+                },
+        } => {
+            let (w, e) = (
+                WeightFormat::parse(&weights)?,
+                FloatFormat::parse(&embedding)?,
+            );
+            let pb = progress_bar(0, "converting");
+            convert::llama2c::convert(
+                &checkpoint,
+                &tokenizer,
+                &output,
+                w,
+                e,
+                &mut |done, total| {
+                    pb.set_length(total as u64);
+                    pb.set_position(done as u64);
+                },
+            )?;
+            pb.finish_and_clear();
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Synth {
+            preset,
+            seed,
+            output,
+            vocab,
+            weights,
+            embedding,
+            activation,
+        } => {
+            let preset = synth::Preset::parse(&preset)?;
+            let vocab_path = match vocab {
+                Some(p) => p,
+                None => crate::env::shared_path(preset.default_vocab()).map_err(Error::Usage)?,
+            };
+            let vocab = Vocab::from_gguf(&Gguf::open(&vocab_path)?)?;
+            let activation = match activation {
+                None => None,
+                Some(a) => Some(Activation::parse(&a).ok_or_else(|| {
+                    Error::Usage(format!("unknown activation {a:?} (silu, relu2)"))
+                })?),
+            };
+            let opts = synth::SynthOptions {
+                weights: WeightFormat::parse(&weights)?,
+                embedding: FloatFormat::parse(&embedding)?,
+                seed,
+                activation,
+            };
+            let pb = progress_bar(0, "synthesising");
+            synth::synth(preset, vocab, &opts, &output, &mut |done, total| {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            })?;
+            pb.finish_and_clear();
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let (model, tok) = load(&a.model, a.threads)?;
+    let sampler = SamplerParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed,
+    };
+    sampler.validate().map_err(Error::Usage)?;
+    let prompt = tok.encode(&a.prompt, true, false);
+    if prompt.is_empty() {
+        return Err(Error::Usage(
+            "empty prompt and the model adds no BOS: nothing to start from".into(),
+        ));
+    }
+    let opts = GenerateOptions {
+        max_tokens: a.n_predict,
+        sampler,
+        stop: a.stop,
+        ignore_eos: a.ignore_eos,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !a.no_echo {
+        let _ = write!(out, "{}", a.prompt);
+        let _ = out.flush();
+    }
+    let mut write_failed = false;
+    let g = generate(&model, &tok, &prompt, &opts, &mut |piece| {
+        write_failed = write!(out, "{piece}").and_then(|_| out.flush()).is_err();
+        !write_failed
+    })?;
+    let _ = writeln!(out);
+    if a.verbose {
+        let n = g.tokens.len().max(1) as f64;
+        eprintln!(
+            "prompt {} tokens in {:.1} ms ({:.1} t/s); generated {} tokens in {:.1} ms ({:.1} t/s); stop: {:?}",
+            g.prompt_tokens,
+            g.prefill.as_secs_f64() * 1e3,
+            g.prompt_tokens as f64 / g.prefill.as_secs_f64().max(1e-9),
+            g.tokens.len(),
+            g.decode.as_secs_f64() * 1e3,
+            n / g.decode.as_secs_f64().max(1e-9),
+            g.stop
+        );
+    }
+    Ok(())
+}
+
+/// Logits of every position of `tokens`, evaluated one at a time (`Seq`) or as one batch.
+pub fn teacher_forced_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>> {
+    let mut state = State::new(&model.config);
+    match mode {
+        Mode::Batch => Ok(model.forward(&mut state, tokens, true)?),
+        Mode::Seq => {
+            let mut all = Vec::with_capacity(tokens.len() * model.config.vocab_size);
+            for &t in tokens {
+                all.extend(model.forward(&mut state, &[t], true)?);
+            }
+            Ok(all)
+        }
+    }
+}
+
+fn write_logits(path: &Path, n: usize, vocab: usize, logits: &[f32]) -> Result<()> {
+    let mut buf = Vec::with_capacity(8 + logits.len() * 4);
+    buf.extend_from_slice(&(n as i32).to_le_bytes());
+    buf.extend_from_slice(&(vocab as i32).to_le_bytes());
+    for v in logits {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, buf).map_err(|e| Error::io(path.display().to_string(), e))
+}
+
+/// Mean NLL of predicting tokens[1..] from their prefixes, in windows of `ctx` tokens that
+/// each start fresh (the first token of a window is context only). Returns (mean NLL, count).
+pub fn perplexity(model: &Model, ids: &[u32], ctx: usize) -> Result<(f64, usize)> {
+    if ctx < 2 || ctx > model.config.context_length {
+        return Err(Error::Usage(format!(
+            "window {ctx} must be in 2..={}",
+            model.config.context_length
+        )));
+    }
+    let v = model.config.vocab_size;
+    let (mut total, mut count) = (0f64, 0usize);
+    for window in ids.chunks(ctx) {
+        if window.len() < 2 {
+            continue;
+        }
+        let mut state = State::new(&model.config);
+        let logits = model.forward(&mut state, window, true)?;
+        for (t, &next) in window.iter().enumerate().skip(1) {
+            total += nll(&logits[(t - 1) * v..t * v], next);
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return Err(Error::Usage(
+            "text too short: need at least 2 tokens".into(),
+        ));
+    }
+    Ok((total / count as f64, count))
+}
+
+/// -log softmax(logits)[target], in f64.
+pub fn nll(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let lse = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    lse - logits[target as usize] as f64
+}
+
+fn inspect(path: &Path, gguf_only: bool, full: bool) -> Result<()> {
+    let g = Arc::new(Gguf::open(path)?);
+    let size = g.bytes().len();
+    println!(
+        "file: {} ({size} bytes), GGUF v{}, alignment {}",
+        path.display(),
+        g.version,
+        g.alignment
+    );
+    println!("metadata ({} keys):", g.metadata().len());
+    for (k, v) in g.metadata() {
+        match v {
+            crate::gguf::Value::Array(_, items) if full => {
+                println!(
+                    "  {k} = [{}]",
+                    items
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+            _ => println!("  {k} = {v}"),
+        }
+    }
+    println!("tensors ({}):", g.tensors().len());
+    println!(
+        "  {:<32} {:<6} {:>22} {:>12} {:>12}",
+        "name", "type", "shape", "offset", "bytes"
+    );
+    for t in g.tensors() {
+        let shape = format!("{:?}", t.dims);
+        println!(
+            "  {:<32} {:<6} {:>22} {:>12} {:>12}",
+            t.name,
+            t.ty.name(),
+            shape,
+            t.offset,
+            t.size
+        );
+    }
+    if gguf_only {
+        println!("verdict: valid GGUF container");
+        return Ok(());
+    }
+    let tok = Tokenizer::from_gguf(&g)?;
+    let model = Model::from_gguf(g)?;
+    let c = &model.config;
+    println!(
+        "verdict: loadable {} model: {} layers, hidden {}, heads {}/{} kv, FFN {} ({}), vocab {} ({} tokenizer), context {}, {} output",
+        c.arch,
+        c.n_layers,
+        c.dim,
+        c.n_heads,
+        c.n_kv_heads,
+        c.hidden_dim,
+        c.activation.name(),
+        c.vocab_size,
+        tok.kind(),
+        c.context_length,
+        if model.tied_output { "tied" } else { "separate" }
+    );
+    Ok(())
+}

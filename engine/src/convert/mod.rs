@@ -1,0 +1,404 @@
+//! Converters that write `bitnet` GGUF files: [`llama2c`] (bitllama2.c checkpoints) and
+//! [`synth`] (deterministic synthetic models of real shapes). Both describe their model as a
+//! [`Config`], a [`Vocab`] and ternary matrices, and share [`write_bitnet`].
+
+pub mod llama2c;
+pub mod sentencepiece;
+pub mod synth;
+
+use crate::gguf::{Gguf, GgufWriter, Value};
+use crate::model::Config;
+use crate::quant::{i2s, tq, FormatError, TensorType};
+use half::f16;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("bad tokenizer: {0}")]
+    Tokenizer(String),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Storage format for the ternary matrices of a converted model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    I2S,
+    TQ2_0,
+    TQ1_0,
+    F32,
+}
+
+impl WeightFormat {
+    pub fn parse(s: &str) -> Result<Self, ConvertError> {
+        match s.to_ascii_lowercase().as_str() {
+            "i2_s" | "i2s" => Ok(Self::I2S),
+            "tq2_0" => Ok(Self::TQ2_0),
+            "tq1_0" => Ok(Self::TQ1_0),
+            "f32" => Ok(Self::F32),
+            _ => Err(ConvertError::Usage(format!(
+                "unknown weight format {s:?} (i2_s, tq2_0, tq1_0, f32)"
+            ))),
+        }
+    }
+    pub fn tensor_type(self) -> TensorType {
+        match self {
+            Self::I2S => TensorType::I2S,
+            Self::TQ2_0 => TensorType::TQ2_0,
+            Self::TQ1_0 => TensorType::TQ1_0,
+            Self::F32 => TensorType::F32,
+        }
+    }
+    /// `general.file_type` (llama.cpp's ftype numbering; I2_S = 40).
+    fn file_type(self) -> u32 {
+        match self {
+            Self::I2S => 40,
+            Self::TQ2_0 => 37,
+            Self::TQ1_0 => 36,
+            Self::F32 => 0,
+        }
+    }
+}
+
+/// Float storage for embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatFormat {
+    F32,
+    F16,
+}
+
+impl FloatFormat {
+    pub fn parse(s: &str) -> Result<Self, ConvertError> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => Err(ConvertError::Usage(format!(
+                "unknown float format {s:?} (f32, f16)"
+            ))),
+        }
+    }
+    pub fn tensor_type(self) -> TensorType {
+        match self {
+            Self::F32 => TensorType::F32,
+            Self::F16 => TensorType::F16,
+        }
+    }
+    fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            Self::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::F16 => v
+                .iter()
+                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// A ternary matrix (values -1/0/+1, row-major rows x cols) with one scale.
+#[derive(Clone, Debug)]
+pub struct Ternary {
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<i8>,
+    pub scale: f32,
+}
+
+impl Ternary {
+    pub fn encode(&self, fmt: WeightFormat) -> Result<Vec<u8>, ConvertError> {
+        Ok(match fmt {
+            WeightFormat::I2S => i2s::pack(&self.values, self.rows, self.cols, self.scale)?,
+            WeightFormat::TQ2_0 | WeightFormat::TQ1_0 => {
+                let scales = vec![self.scale; self.values.len() / tq::QK];
+                if self.cols % tq::QK != 0 {
+                    return Err(FormatError::BadCols {
+                        ty: "TQ",
+                        rows: self.rows,
+                        cols: self.cols,
+                        multiple: tq::QK,
+                    }
+                    .into());
+                }
+                if fmt == WeightFormat::TQ2_0 {
+                    tq::pack_tq2(&self.values, &scales)?
+                } else {
+                    tq::pack_tq1(&self.values, &scales)?
+                }
+            }
+            WeightFormat::F32 => self
+                .values
+                .iter()
+                .flat_map(|&v| (v as f32 * self.scale).to_le_bytes())
+                .collect(),
+        })
+    }
+}
+
+/// A tokenizer as GGUF metadata.
+#[derive(Clone, Debug, Default)]
+pub struct Vocab {
+    pub model: String,
+    pub pre: Option<String>,
+    pub tokens: Vec<String>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub add_bos: bool,
+    pub add_space_prefix: Option<bool>,
+}
+
+impl Vocab {
+    pub fn from_sentencepiece(m: &sentencepiece::SpModel) -> Self {
+        Vocab {
+            model: "llama".into(),
+            pre: Some("default".into()),
+            tokens: m.pieces.clone(),
+            scores: m.scores.clone(),
+            types: m.types.clone(),
+            merges: Vec::new(),
+            bos: m.bos,
+            eos: m.eos,
+            unk: m.unk,
+            add_bos: true,
+            add_space_prefix: Some(m.add_dummy_prefix),
+        }
+    }
+
+    /// Copies the tokenizer of an existing GGUF (e.g. llama.cpp's vocab-only files).
+    pub fn from_gguf(g: &Gguf) -> Result<Self, ConvertError> {
+        let bad = |m: &str| ConvertError::Tokenizer(m.to_string());
+        let model = g
+            .get_str("tokenizer.ggml.model")?
+            .ok_or_else(|| bad("no tokenizer.ggml.model"))?
+            .to_string();
+        let strings = |k: &str| -> Result<Vec<String>, ConvertError> {
+            Ok(g.get_array(k)?
+                .unwrap_or(&[])
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(&format!("{k}: non-string element")))
+                })
+                .collect::<Result<_, _>>()?)
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err(bad("no tokenizer.ggml.tokens"));
+        }
+        let scores = match g.get_array("tokenizer.ggml.scores")? {
+            Some(a) => a
+                .iter()
+                .map(|v| {
+                    v.as_f64()
+                        .map(|x| x as f32)
+                        .ok_or_else(|| bad("non-numeric score"))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let types = match g.get_array("tokenizer.ggml.token_type")? {
+            Some(a) => a
+                .iter()
+                .map(|v| {
+                    v.as_i64()
+                        .map(|x| x as i32)
+                        .ok_or_else(|| bad("non-integer token type"))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let id =
+            |k: &str| -> Result<Option<u32>, ConvertError> { Ok(g.get_u64(k)?.map(|v| v as u32)) };
+        Ok(Vocab {
+            pre: g.get_str("tokenizer.ggml.pre")?.map(str::to_string),
+            merges: strings("tokenizer.ggml.merges")?,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            add_bos: g.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true),
+            add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix")?,
+            model,
+            tokens,
+            scores,
+            types,
+        })
+    }
+
+    fn write(&self, w: &mut GgufWriter) {
+        w.kv("tokenizer.ggml.model", Value::String(self.model.clone()));
+        if let Some(p) = &self.pre {
+            w.kv("tokenizer.ggml.pre", Value::String(p.clone()));
+        }
+        w.kv(
+            "tokenizer.ggml.tokens",
+            Value::strings(self.tokens.iter().cloned()),
+        );
+        if !self.scores.is_empty() {
+            w.kv(
+                "tokenizer.ggml.scores",
+                Value::f32s(self.scores.iter().copied()),
+            );
+        }
+        if !self.types.is_empty() {
+            w.kv(
+                "tokenizer.ggml.token_type",
+                Value::i32s(self.types.iter().copied()),
+            );
+        }
+        if !self.merges.is_empty() {
+            w.kv(
+                "tokenizer.ggml.merges",
+                Value::strings(self.merges.iter().cloned()),
+            );
+        }
+        for (k, v) in [("bos", self.bos), ("eos", self.eos), ("unknown", self.unk)] {
+            if let Some(v) = v {
+                w.kv(&format!("tokenizer.ggml.{k}_token_id"), Value::U32(v));
+            }
+        }
+        w.kv("tokenizer.ggml.add_bos_token", Value::Bool(self.add_bos));
+        w.kv("tokenizer.ggml.add_eos_token", Value::Bool(false));
+        if let Some(p) = self.add_space_prefix {
+            w.kv("tokenizer.ggml.add_space_prefix", Value::Bool(p));
+        }
+    }
+}
+
+/// One tensor of a model being written: its name, dims (innermost first), type, and a
+/// producer of its bytes (called once, in file order, so large models stream).
+pub struct TensorSpec<'a> {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: TensorType,
+    pub data: Box<dyn FnOnce() -> Result<Vec<u8>, ConvertError> + 'a>,
+}
+
+/// Describes a full `bitnet` model's tensors in the reference's naming, with data producers.
+pub struct BitnetTensors<'a> {
+    pub tensors: Vec<TensorSpec<'a>>,
+}
+
+impl<'a> BitnetTensors<'a> {
+    pub fn new() -> Self {
+        BitnetTensors {
+            tensors: Vec::new(),
+        }
+    }
+    pub fn float(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        fmt: FloatFormat,
+        data: impl FnOnce() -> Vec<f32> + 'a,
+    ) {
+        self.tensors.push(TensorSpec {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ty: fmt.tensor_type(),
+            data: Box::new(move || Ok(fmt.encode(&data()))),
+        });
+    }
+    pub fn ternary(
+        &mut self,
+        name: &str,
+        fmt: WeightFormat,
+        data: impl FnOnce() -> Result<Ternary, ConvertError> + 'a,
+        rows: usize,
+        cols: usize,
+    ) {
+        self.tensors.push(TensorSpec {
+            name: name.into(),
+            dims: vec![cols as u64, rows as u64],
+            ty: fmt.tensor_type(),
+            data: Box::new(move || data()?.encode(fmt)),
+        });
+    }
+}
+
+impl Default for BitnetTensors<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes a `bitnet` GGUF: hyperparameters from `cfg`, the tokenizer, and the tensors.
+/// `progress(done, total)` is called after each tensor.
+pub fn write_bitnet(
+    path: &Path,
+    name: &str,
+    cfg: &Config,
+    weights: WeightFormat,
+    vocab: &Vocab,
+    tensors: BitnetTensors<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), ConvertError> {
+    let mut w = GgufWriter::new();
+    let a = &cfg.arch;
+    w.kv("general.architecture", Value::String(a.clone()));
+    w.kv("general.name", Value::String(name.into()));
+    w.kv("general.file_type", Value::U32(weights.file_type()));
+    w.kv("general.alignment", Value::U32(32));
+    let u = |v: usize| Value::U32(v as u32);
+    w.kv(&format!("{a}.vocab_size"), u(cfg.vocab_size));
+    w.kv(&format!("{a}.context_length"), u(cfg.context_length));
+    w.kv(&format!("{a}.embedding_length"), u(cfg.dim));
+    w.kv(&format!("{a}.block_count"), u(cfg.n_layers));
+    w.kv(&format!("{a}.feed_forward_length"), u(cfg.hidden_dim));
+    w.kv(&format!("{a}.rope.dimension_count"), u(cfg.rope_dim));
+    w.kv(&format!("{a}.attention.head_count"), u(cfg.n_heads));
+    w.kv(&format!("{a}.attention.head_count_kv"), u(cfg.n_kv_heads));
+    w.kv(
+        &format!("{a}.attention.layer_norm_rms_epsilon"),
+        Value::F32(cfg.norm_eps),
+    );
+    w.kv(&format!("{a}.rope.freq_base"), Value::F32(cfg.rope_theta));
+    w.kv(
+        &format!("{a}.hidden_activation"),
+        Value::String(cfg.activation.name().into()),
+    );
+    vocab.write(&mut w);
+    for t in &tensors.tensors {
+        w.tensor(&t.name, &t.dims, t.ty);
+    }
+    let total = tensors.tensors.len();
+    let mut producers: Vec<_> = tensors.tensors.into_iter().map(|t| Some(t.data)).collect();
+    let mut failure: Option<ConvertError> = None;
+    let result = w.write_file(path, |i, out: &mut dyn Write| {
+        let produce = producers[i].take().expect("each tensor is written once");
+        match produce() {
+            Ok(bytes) => {
+                out.write_all(&bytes)?;
+                progress(i + 1, total);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                failure = Some(e);
+                Err(std::io::Error::other(msg))
+            }
+        }
+    });
+    match (result, failure) {
+        (_, Some(e)) => Err(e),
+        (Err(source), None) => Err(ConvertError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+        (Ok(()), None) => Ok(()),
+    }
+}

@@ -1,0 +1,582 @@
+//! The `bitnet` architecture as BitNet.cpp builds it, read from GGUF.
+//!
+//! Per layer: h = RMSNorm(x)·attn_norm; q,k,v = ternary matmuls of h; NEOX RoPE on q,k;
+//! causal GQA attention; RMSNorm(attn)·attn_sub_norm; W_o; residual. Then
+//! h = RMSNorm(x)·ffn_norm; f = act(gate·h) * (up·h); RMSNorm(f)·ffn_sub_norm; down; residual.
+//! Finally RMSNorm(x)·output_norm and the output projection (`output`, or `token_embd` tied).
+//! The FFN activation comes from `<arch>.hidden_activation` ("silu" default; "relu2" is the
+//! 2B-4T release's squared ReLU, and arch `bitnet-b1.58` defaults to it).
+//!
+//! [`Model::forward`] evaluates any number of consecutive tokens at once (one token = decode,
+//! many = prompt batch), appending to the KV cache in [`State`].
+
+use crate::gguf::{Gguf, GgufError};
+use crate::quant::matmul::{KernelStats, Weight};
+use crate::quant::FormatError;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unsupported architecture {0:?} (supported: bitnet, bitnet-b1.58)")]
+    UnsupportedArch(String),
+    #[error("missing metadata key {0:?}")]
+    MissingKey(String),
+    #[error("bad hyperparameter: {0}")]
+    BadHyper(String),
+    #[error("missing tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {tensor:?} has shape {got:?}, expected {expected:?}")]
+    Shape {
+        tensor: String,
+        expected: Vec<u64>,
+        got: Vec<u64>,
+    },
+    #[error("tensor {tensor:?}: {source}")]
+    TensorFormat { tensor: String, source: FormatError },
+    #[error("vocabulary has {tokens} tokens but token_embd has {rows} rows")]
+    VocabMismatch { tokens: usize, rows: usize },
+    #[error("token id {id} out of range (vocab {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("context full: position {pos} + {n} tokens exceeds the context length {ctx}")]
+    ContextFull { pos: usize, n: usize, ctx: usize },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+}
+
+/// FFN gate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// Squared ReLU: relu(x)^2.
+    Relu2,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "silu" | "swiglu" => Some(Activation::Silu),
+            "relu2" | "relu_squared" | "squared_relu" => Some(Activation::Relu2),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::Relu2 => "relu2",
+        }
+    }
+    #[inline]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Relu2 => {
+                let r = x.max(0.0);
+                r * r
+            }
+        }
+    }
+}
+
+/// Hyperparameters, all from GGUF keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub arch: String,
+    pub dim: usize,
+    pub hidden_dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rope_theta: f32,
+    pub norm_eps: f32,
+    pub activation: Activation,
+}
+
+impl Config {
+    pub fn from_gguf(g: &Gguf) -> Result<Self, ModelError> {
+        let arch = g
+            .get_str("general.architecture")?
+            .ok_or_else(|| ModelError::MissingKey("general.architecture".into()))?
+            .to_string();
+        if arch != "bitnet" && arch != "bitnet-b1.58" {
+            return Err(ModelError::UnsupportedArch(arch));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let req = |k: &str| -> Result<usize, ModelError> {
+            let v = g
+                .get_u64(&key(k))?
+                .ok_or_else(|| ModelError::MissingKey(key(k)))?;
+            if v == 0 || v > (1 << 24) {
+                return Err(ModelError::BadHyper(format!("{} = {v}", key(k))));
+            }
+            Ok(v as usize)
+        };
+        let dim = req("embedding_length")?;
+        let hidden_dim = req("feed_forward_length")?;
+        let n_layers = req("block_count")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = match g.get_u64(&key("attention.head_count_kv"))? {
+            Some(v) => v as usize,
+            None => n_heads,
+        };
+        let context_length = req("context_length")?;
+        if dim % n_heads != 0 {
+            return Err(ModelError::BadHyper(format!(
+                "embedding_length {dim} not divisible by head_count {n_heads}"
+            )));
+        }
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(ModelError::BadHyper(format!(
+                "head_count {n_heads} not a multiple of head_count_kv {n_kv_heads}"
+            )));
+        }
+        let head_dim = dim / n_heads;
+        let rope_dim = g
+            .get_u64(&key("rope.dimension_count"))?
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(ModelError::BadHyper(format!(
+                "rope.dimension_count {rope_dim} (head dim {head_dim})"
+            )));
+        }
+        let rope_theta = g.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
+        let norm_eps = g
+            .get_f64(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5) as f32;
+        if !(rope_theta > 0.0 && rope_theta.is_finite())
+            || !(norm_eps >= 0.0 && norm_eps.is_finite())
+        {
+            return Err(ModelError::BadHyper(format!(
+                "rope.freq_base {rope_theta}, epsilon {norm_eps}"
+            )));
+        }
+        let default_act = if arch == "bitnet-b1.58" {
+            Activation::Relu2
+        } else {
+            Activation::Silu
+        };
+        let activation = match g.get_str(&key("hidden_activation"))? {
+            None => default_act,
+            Some(s) => Activation::parse(s).ok_or_else(|| {
+                ModelError::BadHyper(format!(
+                    "{} = {s:?} (expected silu or relu2)",
+                    key("hidden_activation")
+                ))
+            })?,
+        };
+        let embd = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        let vocab_size = embd.rows_cols().0;
+        if let Some(v) = g.get_u64(&key("vocab_size"))? {
+            if v as usize != vocab_size {
+                return Err(ModelError::VocabMismatch {
+                    tokens: v as usize,
+                    rows: vocab_size,
+                });
+            }
+        }
+        if let Some(tokens) = g.get_array("tokenizer.ggml.tokens")? {
+            if tokens.len() != vocab_size {
+                return Err(ModelError::VocabMismatch {
+                    tokens: tokens.len(),
+                    rows: vocab_size,
+                });
+            }
+        }
+        Ok(Config {
+            arch,
+            dim,
+            hidden_dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dim,
+            vocab_size,
+            context_length,
+            rope_theta,
+            norm_eps,
+            activation,
+        })
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+}
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub attn_sub_norm: Vec<f32>,
+    pub wo: Weight,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Weight,
+    pub w_up: Weight,
+    pub ffn_sub_norm: Vec<f32>,
+    pub w_down: Weight,
+}
+
+pub struct Model {
+    pub config: Config,
+    pub file: Arc<Gguf>,
+    pub token_embd: Weight,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// `output.weight`, or `token_embd` when tied.
+    pub output: Weight,
+    pub tied_output: bool,
+    pub threads: usize,
+    pub stats: KernelStats,
+}
+
+impl Model {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        Self::from_gguf(Arc::new(Gguf::open(path)?))
+    }
+
+    pub fn from_gguf(file: Arc<Gguf>) -> Result<Self, ModelError> {
+        let c = Config::from_gguf(&file)?;
+        let (dim, ff, q_dim, kv_dim) = (
+            c.dim as u64,
+            c.hidden_dim as u64,
+            c.q_dim() as u64,
+            c.kv_dim() as u64,
+        );
+        let weight = |name: &str, shape: [u64; 2]| -> Result<Weight, ModelError> {
+            let t = file
+                .tensor(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+            if t.dims != shape {
+                return Err(ModelError::Shape {
+                    tensor: name.into(),
+                    expected: shape.to_vec(),
+                    got: t.dims.clone(),
+                });
+            }
+            Weight::new(&file, t).map_err(|source| ModelError::TensorFormat {
+                tensor: name.into(),
+                source,
+            })
+        };
+        let vector = |name: &str, len: u64| -> Result<Vec<f32>, ModelError> {
+            let t = file
+                .tensor(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+            if t.dims != [len] {
+                return Err(ModelError::Shape {
+                    tensor: name.into(),
+                    expected: vec![len],
+                    got: t.dims.clone(),
+                });
+            }
+            let w = Weight::new(&file, t).map_err(|source| ModelError::TensorFormat {
+                tensor: name.into(),
+                source,
+            })?;
+            let mut v = vec![0f32; len as usize];
+            w.dequantize_row(0, &mut v);
+            Ok(v)
+        };
+        let token_embd = weight("token_embd.weight", [dim, c.vocab_size as u64])?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vector(&n("attn_norm"), dim)?,
+                wq: weight(&n("attn_q"), [dim, q_dim])?,
+                wk: weight(&n("attn_k"), [dim, kv_dim])?,
+                wv: weight(&n("attn_v"), [dim, kv_dim])?,
+                attn_sub_norm: vector(&n("attn_sub_norm"), q_dim)?,
+                wo: weight(&n("attn_output"), [q_dim, dim])?,
+                ffn_norm: vector(&n("ffn_norm"), dim)?,
+                w_gate: weight(&n("ffn_gate"), [dim, ff])?,
+                w_up: weight(&n("ffn_up"), [dim, ff])?,
+                ffn_sub_norm: vector(&n("ffn_sub_norm"), ff)?,
+                w_down: weight(&n("ffn_down"), [ff, dim])?,
+            });
+        }
+        let output_norm = vector("output_norm.weight", dim)?;
+        let (output, tied_output) = match file.tensor("output.weight") {
+            Some(_) => (weight("output.weight", [dim, c.vocab_size as u64])?, false),
+            None => (token_embd.clone(), true),
+        };
+        Ok(Model {
+            config: c,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            tied_output,
+            threads: crate::env::get().threads,
+            stats: KernelStats::default(),
+            file,
+        })
+    }
+
+    pub fn new_state(&self) -> State {
+        State::new(&self.config)
+    }
+
+    /// Evaluates `tokens` at positions `state.pos ..`, appends them to the KV cache and returns
+    /// the logits of every position (`tokens.len() * vocab`) or only the last (`vocab`).
+    pub fn forward(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if state.pos + n > c.context_length {
+            return Err(ModelError::ContextFull {
+                pos: state.pos,
+                n,
+                ctx: c.context_length,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: c.vocab_size,
+            });
+        }
+        let (dim, ff, q_dim, kv_dim, hd) = (c.dim, c.hidden_dim, c.q_dim(), c.kv_dim(), c.head_dim);
+        let (th, st) = (self.threads, &self.stats);
+        let pos0 = state.pos;
+
+        // Residual stream, one row per token.
+        let mut x = vec![0f32; n * dim];
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.token_embd
+                .dequantize_row(tok as usize, &mut x[t * dim..(t + 1) * dim]);
+        }
+        let mut h = vec![0f32; n * dim];
+        let mut q = vec![0f32; n * q_dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut att_out = vec![0f32; n * q_dim];
+        let mut o = vec![0f32; n * dim];
+        let mut gate = vec![0f32; n * ff];
+        let mut up = vec![0f32; n * ff];
+
+        for (l, w) in self.layers.iter().enumerate() {
+            // Attention block.
+            rmsnorm_rows(&mut h, &x, &w.attn_norm, c.norm_eps);
+            w.wq.matmul(&h, n, &mut q, th, st);
+            w.wk.matmul(&h, n, &mut k, th, st);
+            w.wv.matmul(&h, n, &mut v, th, st);
+            for t in 0..n {
+                let pos = pos0 + t;
+                for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+                    rope_neox(head, pos, c.rope_dim, &state.rope);
+                }
+                for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rope_neox(head, pos, c.rope_dim, &state.rope);
+                }
+                state
+                    .kv_row(l, pos, true)
+                    .copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+                state
+                    .kv_row(l, pos, false)
+                    .copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+            for t in 0..n {
+                state.attention(
+                    l,
+                    pos0 + t,
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    &mut att_out[t * q_dim..(t + 1) * q_dim],
+                );
+            }
+            let sub = &mut q; // reuse: normalised attention output
+            rmsnorm_rows(sub, &att_out, &w.attn_sub_norm, c.norm_eps);
+            w.wo.matmul(sub, n, &mut o, th, st);
+            add_into(&mut x, &o);
+
+            // Feed-forward block.
+            rmsnorm_rows(&mut h, &x, &w.ffn_norm, c.norm_eps);
+            w.w_gate.matmul(&h, n, &mut gate, th, st);
+            w.w_up.matmul(&h, n, &mut up, th, st);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = c.activation.apply(*g) * u;
+            }
+            rmsnorm_rows(&mut up, &gate, &w.ffn_sub_norm, c.norm_eps);
+            w.w_down.matmul(&up, n, &mut o, th, st);
+            add_into(&mut x, &o);
+        }
+        state.pos += n;
+
+        // Output: only the rows whose logits are wanted.
+        let first = if all_logits { 0 } else { n - 1 };
+        let rows = n - first;
+        rmsnorm_rows(
+            &mut h[..rows * dim],
+            &x[first * dim..],
+            &self.output_norm,
+            c.norm_eps,
+        );
+        let mut logits = vec![0f32; rows * c.vocab_size];
+        self.output
+            .matmul(&h[..rows * dim], rows, &mut logits, th, st);
+        Ok(logits)
+    }
+}
+
+/// RMSNorm of each row of `x` (row length = weight length) into `out`:
+/// x / sqrt(mean(x^2) + eps) * w, the sum of squares taken in f64 as ggml does.
+pub fn rmsnorm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let mean = (ss / d as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = (v * scale) * w;
+        }
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// NEOX RoPE on one head: rotates the pairs (i, i + rope_dim/2).
+fn rope_neox(head: &mut [f32], pos: usize, rope_dim: usize, table: &RopeTable) {
+    let half = rope_dim / 2;
+    let (cos, sin) = table.at(pos);
+    for i in 0..half {
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * cos[i] - b * sin[i];
+        head[i + half] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// cos/sin of pos * theta^(-2i/rope_dim), computed in f64 once per position.
+struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    fn new(c: &Config) -> Self {
+        let half = c.rope_dim / 2;
+        let mut cos = Vec::with_capacity(c.context_length * half);
+        let mut sin = Vec::with_capacity(c.context_length * half);
+        for pos in 0..c.context_length {
+            for i in 0..half {
+                let freq = (c.rope_theta as f64).powf(-2.0 * i as f64 / c.rope_dim as f64);
+                let a = pos as f64 * freq;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        RopeTable { half, cos, sin }
+    }
+    fn at(&self, pos: usize) -> (&[f32], &[f32]) {
+        let r = pos * self.half..(pos + 1) * self.half;
+        (&self.cos[r.clone()], &self.sin[r])
+    }
+}
+
+/// Per-sequence state: the KV cache (f32, [layer][pos][kv_dim]) and the position.
+pub struct State {
+    pub pos: usize,
+    kv_dim: usize,
+    ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    scores: Vec<f32>,
+    rope: RopeTable,
+}
+
+impl State {
+    pub fn new(c: &Config) -> Self {
+        let size = c.n_layers * c.context_length * c.kv_dim();
+        State {
+            pos: 0,
+            kv_dim: c.kv_dim(),
+            ctx: c.context_length,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            keys: vec![0f32; size],
+            values: vec![0f32; size],
+            scores: vec![0f32; c.context_length],
+            rope: RopeTable::new(c),
+        }
+    }
+
+    /// Forgets everything after position `pos` (e.g. to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    fn kv_row(&mut self, layer: usize, pos: usize, key: bool) -> &mut [f32] {
+        let at = (layer * self.ctx + pos) * self.kv_dim;
+        let buf = if key {
+            &mut self.keys
+        } else {
+            &mut self.values
+        };
+        &mut buf[at..at + self.kv_dim]
+    }
+
+    /// Causal attention of query `q` (all heads) at `pos` over cache positions 0..=pos.
+    fn attention(&mut self, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
+        let (hd, kvd) = (self.head_dim, self.kv_dim);
+        let group = self.n_heads / self.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let base = layer * self.ctx * kvd;
+        for h in 0..self.n_heads {
+            let kv_off = (h / group) * hd;
+            let qh = &q[h * hd..(h + 1) * hd];
+            let scores = &mut self.scores[..=pos];
+            for (p, s) in scores.iter_mut().enumerate() {
+                let k = &self.keys[base + p * kvd + kv_off..][..hd];
+                *s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            softmax(scores);
+            let oh = &mut out[h * hd..(h + 1) * hd];
+            oh.fill(0.0);
+            for (p, &a) in scores.iter().enumerate() {
+                let v = &self.values[base + p * kvd + kv_off..][..hd];
+                for (o, &vv) in oh.iter_mut().zip(v) {
+                    *o += a * vv;
+                }
+            }
+        }
+    }
+}
+
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}

@@ -1,0 +1,262 @@
+//! Tensor types, one row each in [`TYPES`] (ggml-style type traits), plus one module per format
+//! that knows its bit layout: [`i2s`] (BitNet.cpp's I2_S), [`tq`] (TQ1_0/TQ2_0), [`float`]
+//! (F32, F16, BF16, Q8_0). [`matmul`] applies any of them to activations.
+//!
+//! Ternary formats multiply against int8 activations quantized per token row exactly as the
+//! reference does ([`quantize_row`]); float formats multiply in f32.
+
+pub mod float;
+pub mod i2s;
+pub mod matmul;
+pub mod tq;
+
+/// How the weights of a type take part in a matrix product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Dequantized to / multiplied in f32.
+    Float,
+    /// Ternary codes multiplied against int8-quantized activations.
+    Ternary,
+    /// Known to the reader (so a file can be inspected) but not computable here.
+    Unsupported,
+}
+
+/// The traits of one tensor type: ggml type id, name, block geometry.
+#[derive(Debug)]
+pub struct TypeTraits {
+    pub ty: TensorType,
+    pub id: u32,
+    pub name: &'static str,
+    /// Elements per block and bytes per block (I2_S: see [`TensorType::tensor_bytes`]).
+    pub block_elems: u64,
+    pub block_bytes: u64,
+    /// Whether the byte size of a tensor of this type is known (TL1/TL2 depend on a kernel config).
+    pub layout_known: bool,
+    pub kind: Kind,
+}
+
+impl TypeTraits {
+    /// A row's length must be a multiple of this.
+    pub fn row_multiple(&self) -> u64 {
+        match self.ty {
+            TensorType::I2S => i2s::BLOCK as u64,
+            _ => self.block_elems,
+        }
+    }
+}
+
+macro_rules! tensor_types {
+    ($($v:ident = $id:literal, $name:literal, $be:literal, $bb:literal, $known:literal, $kind:ident;)*) => {
+        /// Every GGUF tensor type this engine recognises.
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum TensorType { $($v),* }
+
+        /// The type table. Adding a format = one row here + one module.
+        pub static TYPES: &[TypeTraits] = &[
+            $(TypeTraits { ty: TensorType::$v, id: $id, name: $name, block_elems: $be,
+                           block_bytes: $bb, layout_known: $known, kind: Kind::$kind },)*
+        ];
+    };
+}
+
+tensor_types! {
+    F32 = 0, "F32", 1, 4, true, Float;
+    F16 = 1, "F16", 1, 2, true, Float;
+    Q4_0 = 2, "Q4_0", 32, 18, true, Unsupported;
+    Q4_1 = 3, "Q4_1", 32, 20, true, Unsupported;
+    Q5_0 = 6, "Q5_0", 32, 22, true, Unsupported;
+    Q5_1 = 7, "Q5_1", 32, 24, true, Unsupported;
+    Q8_0 = 8, "Q8_0", 32, 34, true, Float;
+    Q8_1 = 9, "Q8_1", 32, 36, true, Unsupported;
+    Q2_K = 10, "Q2_K", 256, 84, true, Unsupported;
+    Q3_K = 11, "Q3_K", 256, 110, true, Unsupported;
+    Q4_K = 12, "Q4_K", 256, 144, true, Unsupported;
+    Q5_K = 13, "Q5_K", 256, 176, true, Unsupported;
+    Q6_K = 14, "Q6_K", 256, 210, true, Unsupported;
+    Q8_K = 15, "Q8_K", 256, 292, true, Unsupported;
+    IQ2_XXS = 16, "IQ2_XXS", 256, 66, true, Unsupported;
+    IQ2_XS = 17, "IQ2_XS", 256, 74, true, Unsupported;
+    IQ3_XXS = 18, "IQ3_XXS", 256, 98, true, Unsupported;
+    IQ1_S = 19, "IQ1_S", 256, 50, true, Unsupported;
+    IQ4_NL = 20, "IQ4_NL", 32, 18, true, Unsupported;
+    IQ3_S = 21, "IQ3_S", 256, 110, true, Unsupported;
+    IQ2_S = 22, "IQ2_S", 256, 82, true, Unsupported;
+    IQ4_XS = 23, "IQ4_XS", 256, 136, true, Unsupported;
+    I8 = 24, "I8", 1, 1, true, Unsupported;
+    I16 = 25, "I16", 1, 2, true, Unsupported;
+    I32 = 26, "I32", 1, 4, true, Unsupported;
+    I64 = 27, "I64", 1, 8, true, Unsupported;
+    F64 = 28, "F64", 1, 8, true, Unsupported;
+    IQ1_M = 29, "IQ1_M", 256, 56, true, Unsupported;
+    BF16 = 30, "BF16", 1, 2, true, Float;
+    TQ1_0 = 34, "TQ1_0", 256, 54, true, Ternary;
+    TQ2_0 = 35, "TQ2_0", 256, 66, true, Ternary;
+    I2S = 36, "I2_S", 1, 1, true, Ternary;
+    TL1 = 38, "TL1", 1, 1, false, Unsupported;
+    TL2 = 39, "TL2", 1, 1, false, Unsupported;
+}
+
+impl TensorType {
+    pub fn from_id(id: u32) -> Option<Self> {
+        TYPES.iter().find(|t| t.id == id).map(|t| t.ty)
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        TYPES
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .map(|t| t.ty)
+    }
+    pub fn traits(self) -> &'static TypeTraits {
+        // The table is in enum order, so this is a direct index.
+        &TYPES[self as usize]
+    }
+    pub fn id(self) -> u32 {
+        self.traits().id
+    }
+    pub fn name(self) -> &'static str {
+        self.traits().name
+    }
+    /// Byte size of a tensor of `n` elements (`n` a multiple of the row multiple).
+    /// I2_S is the special case ggml's traits get wrong: 2 bits per element, then the f32
+    /// scale, padded to 32 bytes.
+    pub fn tensor_bytes(self, n: u64) -> u64 {
+        match self {
+            TensorType::I2S => i2s::tensor_bytes(n),
+            _ => {
+                let t = self.traits();
+                n / t.block_elems * t.block_bytes
+            }
+        }
+    }
+    /// Bytes of one row of `cols` elements (not meaningful for I2_S's trailer).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        match self {
+            TensorType::I2S => cols / 4,
+            _ => {
+                let t = self.traits();
+                cols / t.block_elems as usize * t.block_bytes as usize
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A malformed weight buffer: says what it got and what the shape needs.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{ty} matrix {rows}x{cols}: got {got} bytes, expected {expected} (row stride {row_stride} bytes)")]
+    WrongSize {
+        ty: &'static str,
+        rows: usize,
+        cols: usize,
+        got: usize,
+        expected: usize,
+        row_stride: usize,
+    },
+    #[error("{ty} matrix {rows}x{cols}: cols must be a multiple of {multiple}")]
+    BadCols {
+        ty: &'static str,
+        rows: usize,
+        cols: usize,
+        multiple: usize,
+    },
+    #[error("tensor type {0} cannot be used for computation")]
+    Unsupported(&'static str),
+    #[error("ternary value {0} out of range (must be -1, 0 or +1)")]
+    NotTernary(i8),
+}
+
+/// Checks a weight buffer's size against its declared shape.
+pub fn check_size(ty: TensorType, rows: usize, cols: usize, got: usize) -> Result<(), FormatError> {
+    let multiple = ty.traits().row_multiple() as usize;
+    if cols == 0 || cols % multiple != 0 {
+        return Err(FormatError::BadCols {
+            ty: ty.name(),
+            rows,
+            cols,
+            multiple,
+        });
+    }
+    let expected = ty.tensor_bytes((rows * cols) as u64) as usize;
+    if got != expected {
+        return Err(FormatError::WrongSize {
+            ty: ty.name(),
+            rows,
+            cols,
+            got,
+            expected,
+            row_stride: ty.row_bytes(cols),
+        });
+    }
+    Ok(())
+}
+
+/// Dequantizes a whole tensor to f32 (rows * cols values).
+pub fn dequantize(
+    ty: TensorType,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f32>, FormatError> {
+    check_size(ty, rows, cols, bytes.len())?;
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        dequantize_row(ty, bytes, r, cols, &mut out[r * cols..(r + 1) * cols])?;
+    }
+    Ok(out)
+}
+
+/// Dequantizes row `r` of a (size-checked) tensor.
+pub fn dequantize_row(
+    ty: TensorType,
+    bytes: &[u8],
+    r: usize,
+    cols: usize,
+    out: &mut [f32],
+) -> Result<(), FormatError> {
+    let rb = ty.row_bytes(cols);
+    let row = &bytes[r * rb..(r + 1) * rb];
+    match ty {
+        TensorType::I2S => i2s::dequantize_row(row, i2s::scale(bytes, bytes.len()), out),
+        TensorType::TQ2_0 => tq::dequantize_row_tq2(row, out),
+        TensorType::TQ1_0 => tq::dequantize_row_tq1(row, out),
+        TensorType::F32 | TensorType::F16 | TensorType::BF16 | TensorType::Q8_0 => {
+            float::dequantize_row(ty, row, out)
+        }
+        other => return Err(FormatError::Unsupported(other.name())),
+    }
+    Ok(())
+}
+
+/// One token row of activations quantized to int8 the way the reference does it.
+#[derive(Clone, Debug, Default)]
+pub struct QuantRow {
+    pub q: Vec<i8>,
+    /// s = 127 / max(max|x|, 1e-5); the row's real values are q / s.
+    pub scale: f32,
+    /// Sum of q (the I2_S kernel subtracts it to map codes 0..2 back to -1..+1).
+    pub sum: i32,
+}
+
+/// The reference's activation quantization: max|x| in f64, s = (f32)(127 / max(m, 1e-5)),
+/// q = clamp(round_half_even(x * s), -128, 127) with the product taken in f32.
+pub fn quantize_row(x: &[f32], out: &mut QuantRow) {
+    let m = x.iter().fold(1e-5f64, |m, &v| m.max((v as f64).abs()));
+    let s = (127.0 / m) as f32;
+    out.q.clear();
+    out.q.reserve(x.len());
+    let mut sum = 0i32;
+    for &v in x {
+        let q = (v * s).round_ties_even().clamp(-128.0, 127.0) as i32;
+        sum += q;
+        out.q.push(q as i8);
+    }
+    out.scale = s;
+    out.sum = sum;
+}

@@ -1,0 +1,271 @@
+//! Byte-level BPE (`tokenizer.ggml.model = gpt2`), as llama.cpp's `llm_tokenizer_bpe_session`.
+//!
+//! Each pre-tokenized word is turned into GPT-2's printable byte alphabet, then adjacent pieces
+//! are merged lowest merge rank first (ties: leftmost), until no adjacent pair has a rank.
+
+use super::pretok::PreTokenizer;
+use super::{FastMap, TokenizerError, Vocab};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// GPT-2's byte -> printable code point table: printable Latin-1 bytes map to themselves,
+/// the other 68 bytes to U+0100.. in byte order.
+pub(super) fn byte_to_char() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for (b, slot) in table.iter_mut().enumerate() {
+        let printable = matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+        let cp = if printable {
+            b as u32
+        } else {
+            next += 1;
+            next - 1
+        };
+        // Every value is below 0x144, a valid scalar value.
+        *slot = char::from_u32(cp).unwrap_or('\0');
+    }
+    table
+}
+
+/// The inverse of [`byte_to_char`], indexed by code point (all of them are below 0x144).
+pub(super) fn char_to_byte_table(fwd: &[char; 256]) -> Vec<Option<u8>> {
+    let mut inv = vec![None; 0x144];
+    for (b, &c) in fwd.iter().enumerate() {
+        inv[c as usize] = Some(b as u8);
+    }
+    inv
+}
+
+/// Renders a normal BPE token's text as output bytes, the way llama.cpp's `llama_decode_text`
+/// does (including its `[UNK_BYTE_0x..]` marker for characters outside the byte alphabet).
+pub(super) fn decode_text(text: &str, inv: &[Option<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match inv.get(c as usize).copied().flatten() {
+            Some(b) => out.push(b),
+            None => {
+                out.extend_from_slice(b"[UNK_BYTE_0x");
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.extend_from_slice(format!("{b:02x}").as_bytes());
+                }
+                out.extend_from_slice(text.as_bytes());
+                out.push(b']');
+            }
+        }
+    }
+    out
+}
+
+/// Merge ranks and pre-tokenizer of a BPE vocabulary.
+#[derive(Clone)]
+pub(super) struct Bpe {
+    pub(super) pre: PreTokenizer,
+    /// A word that is itself a token is emitted whole (llama.cpp's `ignore_merges`).
+    pub(super) ignore_merges: bool,
+    /// (left piece, right piece) -> rank. Piece ids are token ids, or ids from `extra_pieces`.
+    ranks: FastMap<(u32, u32), u32>,
+    /// Merge halves that are not tokens themselves, numbered from the vocabulary size up.
+    extra_pieces: FastMap<String, u32>,
+    byte_to_char: [char; 256],
+}
+
+impl Bpe {
+    /// Parses `merges` ("left right", rank = position; the first occurrence of a pair wins).
+    pub(super) fn new(
+        pre: PreTokenizer,
+        ignore_merges: bool,
+        merges: &[String],
+        vocab: &Vocab,
+    ) -> Result<Self, TokenizerError> {
+        let n_vocab = vocab.texts.len();
+        if n_vocab.saturating_add(merges.len().saturating_mul(2)) > u32::MAX as usize {
+            return Err(TokenizerError::BadMetadata(format!(
+                "{} merges do not fit 32-bit ids",
+                merges.len()
+            )));
+        }
+        let mut ranks = FastMap::with_capacity_and_hasher(merges.len(), Default::default());
+        let mut extra_pieces: FastMap<String, u32> = FastMap::default();
+        for (rank, m) in merges.iter().enumerate() {
+            // llama.cpp splits at the first space after the first byte.
+            let split = m
+                .as_bytes()
+                .iter()
+                .skip(1)
+                .position(|&b| b == b' ')
+                .map(|i| i + 1);
+            let Some(at) = split else {
+                return Err(TokenizerError::BadMetadata(format!(
+                    "tokenizer.ggml.merges[{rank}] = {m:?} is not \"left right\""
+                )));
+            };
+            let mut piece = |s: &str| match vocab.id(s) {
+                Some(id) => id,
+                None => {
+                    let next = (n_vocab + extra_pieces.len()) as u32;
+                    *extra_pieces.entry(s.to_owned()).or_insert(next)
+                }
+            };
+            let pair = (piece(&m[..at]), piece(&m[at + 1..]));
+            ranks.entry(pair).or_insert(rank as u32);
+        }
+        Ok(Bpe {
+            pre,
+            ignore_merges,
+            ranks,
+            extra_pieces,
+            byte_to_char: byte_to_char(),
+        })
+    }
+
+    fn piece_id(&self, vocab: &Vocab, s: &str) -> Option<u32> {
+        vocab.id(s).or_else(|| self.extra_pieces.get(s).copied())
+    }
+
+    fn rank(&self, vocab: &Vocab, left: &str, right: &str) -> Option<u32> {
+        let l = self.piece_id(vocab, left)?;
+        let r = self.piece_id(vocab, right)?;
+        self.ranks.get(&(l, r)).copied()
+    }
+
+    /// Tokenizes one raw-text fragment, appending ids to `out`.
+    pub(super) fn tokenize(&self, vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
+        let cs: Vec<char> = text.chars().collect();
+        let mut word = String::new();
+        let mut utf8 = [0u8; 4];
+        for (a, b) in self.pre.split(&cs) {
+            word.clear();
+            for c in &cs[a..b] {
+                for &byte in c.encode_utf8(&mut utf8).as_bytes() {
+                    word.push(self.byte_to_char[byte as usize]);
+                }
+            }
+            self.merge_word(vocab, &word, out);
+        }
+    }
+
+    fn merge_word(&self, vocab: &Vocab, word: &str, out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            if let Some(id) = vocab.id(word) {
+                out.push(id);
+                return;
+            }
+        }
+        // One symbol per character: byte range in `word` plus a doubly linked list.
+        let mut syms: Vec<Sym> = Vec::with_capacity(word.len());
+        for (start, c) in word.char_indices() {
+            let i = syms.len();
+            syms.push(Sym {
+                start,
+                len: c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: Some(i + 1),
+            });
+        }
+        if let Some(last) = syms.last_mut() {
+            last.next = None;
+        }
+        let mut queue = BinaryHeap::new();
+        let text = |s: &Sym| &word[s.start..s.start + s.len];
+        let push =
+            |queue: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
+                if let (Some(l), Some(r)) = (l, r) {
+                    if let Some(rank) = self.rank(vocab, text(&syms[l]), text(&syms[r])) {
+                        queue.push(Bigram {
+                            rank,
+                            left: l,
+                            right: r,
+                            size: syms[l].len + syms[r].len,
+                        });
+                    }
+                }
+            };
+        for i in 1..syms.len() {
+            push(&mut queue, &syms, Some(i - 1), Some(i));
+        }
+        while let Some(bg) = queue.pop() {
+            let (l, r) = (syms[bg.left], syms[bg.right]);
+            // Outdated: one side was merged into something else since this pair was queued.
+            if l.len == 0 || r.len == 0 || l.len + r.len != bg.size {
+                continue;
+            }
+            syms[bg.left].len += r.len;
+            syms[bg.right].len = 0;
+            syms[bg.left].next = r.next;
+            if let Some(n) = r.next {
+                syms[n].prev = Some(bg.left);
+            }
+            push(&mut queue, &syms, l.prev, Some(bg.left));
+            push(&mut queue, &syms, Some(bg.left), r.next);
+        }
+        for s in syms.iter().filter(|s| s.len > 0) {
+            let piece = text(s);
+            match vocab.id(piece) {
+                Some(id) => out.push(id),
+                // Not a token: llama.cpp emits the tokens of the single bytes that are tokens.
+                None => {
+                    for &b in piece.as_bytes() {
+                        if b.is_ascii() {
+                            if let Some(id) = vocab.id(char::from(b).encode_utf8(&mut [0; 4])) {
+                                out.push(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sym {
+    start: usize,
+    len: usize,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// A queued merge candidate; the heap pops the lowest rank first, then the leftmost.
+struct Bigram {
+    rank: u32,
+    left: usize,
+    right: usize,
+    size: usize,
+}
+
+impl Ord for Bigram {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.rank.cmp(&self.rank).then(o.left.cmp(&self.left))
+    }
+}
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl PartialEq for Bigram {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Bigram {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_alphabet() {
+        let fwd = byte_to_char();
+        assert_eq!(fwd[b' ' as usize], 'Ġ');
+        assert_eq!(fwd[b'\n' as usize], 'Ċ');
+        assert_eq!(fwd[b'A' as usize], 'A');
+        assert_eq!(fwd[0xAD], '\u{143}');
+        let inv = char_to_byte_table(&fwd);
+        for (b, &c) in fwd.iter().enumerate() {
+            assert_eq!(inv[c as usize], Some(b as u8));
+        }
+        assert_eq!(decode_text("ĠhiĊ", &inv), b" hi\n");
+    }
+}

@@ -1,0 +1,63 @@
+//! Shared test support: paths to the shared data, converted models built once per test binary.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// A file in the shared data directory; panics with a clear message when it is missing.
+pub fn shared(rel: &str) -> PathBuf {
+    bitnet::env::shared_path(rel).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn tmp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
+
+static CONVERT: Mutex<()> = Mutex::new(());
+
+/// The bitllama2c-3m model converted with the given weight and embedding formats (cached
+/// in the target's temp dir for the life of this test binary's run).
+pub fn converted(weights: &str, embedding: &str) -> PathBuf {
+    let _guard = CONVERT.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tmp(&format!(
+        "bitllama2c-{weights}-{embedding}-{}.gguf",
+        std::process::id()
+    ));
+    if !out.exists() {
+        let w = bitnet::convert::WeightFormat::parse(weights).unwrap();
+        let e = bitnet::convert::FloatFormat::parse(embedding).unwrap();
+        bitnet::convert::llama2c::convert(
+            &shared("models/bitllama2c-3m/model.bin"),
+            &shared("models/bitllama2c-3m/tokenizer.model"),
+            &out,
+            w,
+            e,
+            &mut |_, _| {},
+        )
+        .expect("conversion of the shared model");
+    }
+    out
+}
+
+/// The `bitnet` binary built for this test run.
+pub fn bitnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bitnet"))
+}
+
+/// The expected greedy text, read from the model's SOURCE.md (the quoted block after
+/// "Expected greedy output (...):").
+pub fn expected_greedy_text() -> String {
+    let src = std::fs::read_to_string(shared("models/bitllama2c-3m/SOURCE.md")).unwrap();
+    let at = src
+        .find("Expected greedy output")
+        .expect("SOURCE.md names the expected greedy output");
+    // The block is the quoted text after the parenthesised settings (which quote the prompt).
+    let rest = &src[at..];
+    let rest = &rest[rest.find("):").expect("settings end with '):'")..];
+    let start = rest.find('"').unwrap() + 1;
+    let len = rest[start..].find('"').unwrap();
+    let raw = &rest[start..start + len];
+    let joined: Vec<&str> = raw.lines().map(str::trim).collect();
+    joined.join(" ").replace("\\n", "\n").replace("\n ", "\n")
+}

@@ -1,0 +1,201 @@
+//! Kernels against naive implementations written here from the format descriptions:
+//! I2_S GEMV/GEMM bit-exact (activation quantization included), TQ1_0/TQ2_0 pack/unpack
+//! round trips and dot products, on random shapes and adversarial values.
+
+use bitnet::gguf::{Gguf, GgufWriter};
+use bitnet::quant::matmul::{KernelStats, Weight};
+use bitnet::quant::{i2s, tq, TensorType};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+/// One tensor named "w" in an in-memory GGUF, viewed as a Weight.
+fn weight(ty: TensorType, rows: usize, cols: usize, bytes: Vec<u8>) -> Weight {
+    let mut w = GgufWriter::new();
+    w.tensor("w", &[cols as u64, rows as u64], ty);
+    let file = w.to_bytes(|_, out| out.write_all(&bytes)).unwrap();
+    let g = Arc::new(Gguf::from_bytes(file).unwrap());
+    let t = g.tensor("w").unwrap().clone();
+    Weight::new(&g, &t).unwrap()
+}
+
+/// The activation quantization formula, written out: max in f64, s = 127 / max(m, 1e-5) as
+/// f32, q = clamp(round-half-even(x * s)), sum of q.
+fn naive_quant(x: &[f32]) -> (Vec<i32>, f32, i32) {
+    let mut m = 1e-5f64;
+    for &v in x {
+        if (v as f64).abs() > m {
+            m = (v as f64).abs();
+        }
+    }
+    let s = (127.0 / m) as f32;
+    let q: Vec<i32> = x
+        .iter()
+        .map(|&v| {
+            let p = v * s;
+            let r = p.round();
+            // round half to even
+            let r = if (p - p.trunc()).abs() == 0.5 {
+                2.0 * (p / 2.0).round()
+            } else {
+                r
+            };
+            r.clamp(-128.0, 127.0) as i32
+        })
+        .collect();
+    let sum = q.iter().sum();
+    (q, s, sum)
+}
+
+/// Ternary value of element j of an I2_S buffer, from the documented bit layout.
+fn naive_i2s_value(bytes: &[u8], j: usize) -> i32 {
+    let (block, i) = (j / 128, j % 128);
+    let byte = bytes[block * 32 + i % 32];
+    let code = (byte >> (6 - 2 * (i / 32))) & 3;
+    code as i32 - 1
+}
+
+fn naive_i2s_gemm(
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    x: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * rows];
+    for t in 0..n {
+        let (q, s, _) = naive_quant(&x[t * cols..(t + 1) * cols]);
+        for r in 0..rows {
+            let d: i32 = (0..cols)
+                .map(|c| naive_i2s_value(bytes, r * cols + c) * q[c])
+                .sum();
+            out[t * rows + r] = d as f32 / s * scale;
+        }
+    }
+    out
+}
+
+fn activations() -> impl Strategy<Value = Vec<f32>> {
+    let n = 8 * 128;
+    prop_oneof![
+        prop::collection::vec(-1.0f32..1.0, n),
+        prop::collection::vec(-1e-7f32..1e-7, n),
+        prop::collection::vec(-3e4f32..3e4, n),
+        Just(vec![0.0; n]),
+        (-5.0f32..5.0).prop_map(move |v| vec![v; n]),
+        prop::collection::vec(
+            prop_oneof![Just(f32::MAX), Just(-f32::MAX), Just(0.0f32), -1.0f32..1.0],
+            n
+        ),
+        // Ties after scaling: max 63.5 gives s = 2 exactly, and x = k / 4 gives x * s = k / 2.
+        prop::collection::vec((-254i32..=254).prop_map(|k| k as f32 / 4.0), n).prop_map(|mut v| {
+            v[0] = 63.5;
+            v
+        }),
+    ]
+}
+
+fn weights() -> impl Strategy<Value = Vec<i8>> {
+    let n = 8 * 4 * 128;
+    prop_oneof![
+        prop::collection::vec(-1i8..=1, n),
+        Just(vec![0i8; n]),
+        Just(vec![1i8; n]),
+        Just(vec![-1i8; n]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn i2s_pack_unpack_round_trip(rows in 1usize..6, blocks in 1usize..4, vals in weights(), scale in 0.001f32..10.0) {
+        let cols = blocks * 128;
+        let v = &vals[..rows * cols];
+        let packed = i2s::pack(v, rows, cols, scale).unwrap();
+        prop_assert_eq!(packed.len(), rows * cols / 4 + 32);
+        let (back, s) = i2s::unpack(&packed, rows, cols).unwrap();
+        prop_assert_eq!(&back[..], v);
+        prop_assert_eq!(s, scale);
+        for j in 0..rows * cols {
+            prop_assert_eq!(naive_i2s_value(&packed, j), v[j] as i32);
+        }
+    }
+
+    #[test]
+    fn i2s_gemv_and_gemm_are_bit_exact(rows in 1usize..9, blocks in 1usize..5, n in 1usize..5,
+                                       vals in weights(), x in activations(), zero_row in any::<bool>(),
+                                       scale in 0.001f32..10.0) {
+        let cols = blocks * 128;
+        let mut v = vals[..rows * cols].to_vec();
+        if zero_row {
+            v[..cols].fill(0);
+        }
+        let x: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
+        let packed = i2s::pack(&v, rows, cols, scale).unwrap();
+        let want = naive_i2s_gemm(&packed, rows, cols, scale, &x, n);
+        let w = weight(TensorType::I2S, rows, cols, packed);
+        let stats = KernelStats::default();
+        for threads in [1, 2] {
+            let mut got = vec![0f32; n * rows];
+            w.matmul(&x, n, &mut got, threads, &stats);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                prop_assert_eq!(g.to_bits(), e.to_bits(), "element {} (threads {}): {} vs {}", i, threads, g, e);
+            }
+        }
+        // One counted call per matmul, under the id of the kernel that ran.
+        let snap = stats.snapshot();
+        let id = if n == 1 { "i2s_gemv_scalar" } else { "i2s_gemm_scalar" };
+        prop_assert_eq!(snap[id].calls, 2);
+        prop_assert_eq!(snap[id].elements, 2 * (rows * cols * n) as u64);
+    }
+
+    #[test]
+    fn tq_formats_round_trip_and_dot_like_the_formula(blocks in 1usize..4, vals in weights(), x in activations(),
+                                                       d in 0.01f32..4.0) {
+        let cols = blocks * 256;
+        let v = &vals[..cols];
+        let x = &x.iter().cycle().take(cols).copied().collect::<Vec<_>>();
+        let (q, s, _) = naive_quant(x);
+        let scales = vec![d; blocks];
+        let d16 = half::f16::from_f32(d).to_f32();
+        for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
+            let packed = if ty == TensorType::TQ2_0 { tq::pack_tq2(v, &scales) } else { tq::pack_tq1(v, &scales) }.unwrap();
+            prop_assert_eq!(packed.len() as u64, ty.tensor_bytes(cols as u64));
+            let deq = bitnet::quant::dequantize(ty, &packed, 1, cols).unwrap();
+            for j in 0..cols {
+                prop_assert_eq!(deq[j], v[j] as f32 * d16, "{} element {}", ty, j);
+            }
+            // Block-wise formula: sum_b d_b * sum_j (w_j * q_j), then / s.
+            let mut acc = 0f32;
+            for b in 0..blocks {
+                let dot: i32 = (b * 256..(b + 1) * 256).map(|j| v[j] as i32 * q[j]).sum();
+                acc += d16 * dot as f32;
+            }
+            let want = acc / s;
+            let w = weight(ty, 1, cols, packed);
+            let mut got = [0f32];
+            w.matmul(x, 1, &mut got, 1, &KernelStats::default());
+            prop_assert_eq!(got[0].to_bits(), want.to_bits(), "{}: {} vs {}", ty, got[0], want);
+        }
+    }
+}
+
+#[test]
+fn wrong_sizes_say_what_they_got_and_expected() {
+    let e = bitnet::quant::check_size(TensorType::I2S, 4, 256, 100)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("4x256")
+            && e.contains("got 100")
+            && e.contains("expected 288")
+            && e.contains("row stride 64"),
+        "{e}"
+    );
+    let e = bitnet::quant::check_size(TensorType::I2S, 4, 100, 132)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of 128"), "{e}");
+    assert!(i2s::pack(&[2i8; 128], 1, 128, 1.0).is_err());
+}

@@ -1,0 +1,300 @@
+//! llama.cpp's tokenizer test vectors (see shared/tokenizers/README.md): every vector must
+//! encode to exactly the expected ids and decode back to the input; plus special-token,
+//! BOS and bad-metadata checks.
+
+use bitnet::gguf::{Gguf, GgufWriter, Value};
+use bitnet::tokenizer::{Tokenizer, TokenizerError};
+use std::time::Instant;
+
+fn shared(rel: &str) -> std::path::PathBuf {
+    bitnet::env::shared_path(rel).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn load(vocab: &str) -> Tokenizer {
+    let path = shared(&format!("tokenizers/ggml-vocab-{vocab}.gguf"));
+    let t0 = Instant::now();
+    let g = Gguf::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tok = Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    eprintln!("{vocab}: opened and built in {:?}", t0.elapsed());
+    tok
+}
+
+/// (input, expected ids) pairs of a vocab's `.inp` / `.out` files.
+fn vectors(vocab: &str) -> Vec<(String, Vec<u32>)> {
+    let base = format!("tokenizers/ggml-vocab-{vocab}.gguf");
+    let read = |ext: &str| {
+        let p = shared(&format!("{base}.{ext}"));
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let inp = read("inp");
+    let out = read("out");
+    let mut inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    assert_eq!(
+        inputs.pop(),
+        Some(""),
+        "{base}.inp must end with the separator"
+    );
+    let expected: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|x| x.parse().expect("id"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        expected.len(),
+        "{base}: .inp and .out disagree on the count"
+    );
+    assert!(!inputs.is_empty());
+    inputs
+        .into_iter()
+        .map(str::to_owned)
+        .zip(expected)
+        .collect()
+}
+
+fn check_vectors(vocab: &str) {
+    let tok = load(vocab);
+    let cases = vectors(vocab);
+    let mut failures = Vec::new();
+    let t0 = Instant::now();
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let got = tok.encode(text, false, false);
+        if &got != want {
+            failures.push(format!(
+                "vector {i} {text:?}:\n  expected {want:?}\n  got      {got:?}"
+            ));
+            continue;
+        }
+        let back = tok.decode(&got).expect("decode");
+        if &back != text {
+            failures.push(format!("vector {i} {text:?}: round trip gave {back:?}"));
+        }
+    }
+    eprintln!(
+        "{vocab}: {} vectors encoded in {:?}",
+        cases.len(),
+        t0.elapsed()
+    );
+    let passed = cases.len() - failures.len();
+    eprintln!("{vocab}: {passed}/{} vectors passed", cases.len());
+    assert!(
+        failures.is_empty(),
+        "{vocab}: {} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn llama_spm_vectors() {
+    check_vectors("llama-spm");
+}
+
+#[test]
+fn llama_bpe_vectors() {
+    check_vectors("llama-bpe");
+}
+
+#[test]
+fn bpe_metadata_and_special_tokens() {
+    let tok = load("llama-bpe");
+    assert_eq!(tok.kind(), "gpt2");
+    assert_eq!(tok.vocab_size(), 128256);
+    assert_eq!((tok.bos(), tok.eos()), (Some(128000), Some(128001)));
+    assert!(tok.add_bos());
+    assert!(tok.is_eog(128001) && tok.is_eog(128009) && !tok.is_eog(128000));
+    assert_eq!(tok.token_text(128000), Some("<|begin_of_text|>"));
+    assert_eq!(tok.token_text(128256), None);
+
+    let hello = tok.encode("hello", false, false);
+    let ids = tok.encode("<|begin_of_text|>hello", false, true);
+    assert_eq!(ids[0], 128000);
+    assert_eq!(&ids[1..], &hello[..]);
+    // Without parse_special the same text is ordinary characters.
+    let plain = tok.encode("<|begin_of_text|>hello", false, false);
+    assert!(!plain.contains(&128000) && plain.len() > 2);
+    assert_eq!(tok.decode(&plain).unwrap(), "<|begin_of_text|>hello");
+    // Specials in the middle, longest match, and decoding drops control tokens.
+    let ids = tok.encode("a<|eot_id|>b<|start_header_id|>", false, true);
+    assert_eq!(ids.len(), 4);
+    assert_eq!((ids[1], ids[3]), (128009, 128006));
+    assert_eq!(tok.decode(&ids).unwrap(), "ab");
+
+    // add_special prepends BOS (llama-bpe: add_bos true, add_eos false).
+    let ids = tok.encode("hello", true, false);
+    assert_eq!(ids[0], 128000);
+    assert_eq!(&ids[1..], &hello[..]);
+    assert_eq!(tok.decode(&ids).unwrap(), "hello");
+    assert_eq!(tok.token_bytes(128000).unwrap(), b"");
+    assert!(matches!(
+        tok.decode(&[5, 999_999]),
+        Err(TokenizerError::TokenOutOfRange { id: 999_999, .. })
+    ));
+}
+
+#[test]
+fn spm_bos_and_specials() {
+    let tok = load("llama-spm");
+    assert_eq!(tok.kind(), "llama");
+    assert_eq!((tok.bos(), tok.eos()), (Some(1), Some(2)));
+    assert!(tok.add_bos() && tok.is_eog(2));
+    let plain = tok.encode("Hello world", false, false);
+    let ids = tok.encode("Hello world", true, false);
+    assert_eq!(ids[0], 1);
+    assert_eq!(&ids[1..], &plain[..]);
+    assert_eq!(tok.decode(&ids).unwrap(), "Hello world");
+    // Streaming bytes keep the "▁" space of the first word.
+    assert_eq!(tok.token_bytes(plain[0]).unwrap(), b" Hello");
+    // parse_special: "<s>" becomes BOS; the text after it gets the space prefix again.
+    let ids = tok.encode("<s>Hello world", false, true);
+    assert_eq!(ids[0], 1);
+    assert_eq!(&ids[1..], &plain[..]);
+    assert!(!tok.encode("<s>Hello", false, false).contains(&1));
+    // Byte fallback: a character outside the vocabulary becomes its UTF-8 bytes.
+    let ids = tok.encode("\u{10FFFD}", false, false);
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| tok.token_bytes(i).unwrap())
+        .collect();
+    assert_eq!(bytes, " \u{10FFFD}".as_bytes());
+}
+
+fn gguf_with(kvs: Vec<(&str, Value)>) -> Gguf {
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::String("llama".into()));
+    for (k, v) in kvs {
+        w.kv(k, v);
+    }
+    Gguf::from_bytes(w.to_bytes(|_, _| Ok(())).unwrap()).unwrap()
+}
+
+#[test]
+fn missing_model_is_an_error() {
+    let g = gguf_with(vec![]);
+    assert!(matches!(
+        Tokenizer::from_gguf(&g),
+        Err(TokenizerError::MissingModel)
+    ));
+}
+
+#[test]
+fn bad_metadata_is_an_error() {
+    let toks = || Value::strings(["<unk>", "<s>", "</s>", "a", "b"]);
+    let base = |extra: Vec<(&'static str, Value)>| {
+        let mut kv = vec![
+            ("tokenizer.ggml.model", Value::String("llama".into())),
+            ("tokenizer.ggml.tokens", toks()),
+        ];
+        kv.extend(extra);
+        Tokenizer::from_gguf(&gguf_with(kv))
+    };
+    assert!(base(vec![]).is_ok());
+    let e = base(vec![("tokenizer.ggml.scores", Value::f32s([0.0; 4]))]).unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let e = base(vec![("tokenizer.ggml.token_type", Value::i32s([1; 6]))]).unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let e = base(vec![(
+        "tokenizer.ggml.token_type",
+        Value::i32s([2, 3, 3, 1, 77]),
+    )])
+    .unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let e = base(vec![("tokenizer.ggml.bos_token_id", Value::U32(5))]).unwrap_err();
+    assert!(
+        matches!(e, TokenizerError::TokenOutOfRange { id: 5, vocab: 5 }),
+        "{e}"
+    );
+
+    let g = gguf_with(vec![
+        ("tokenizer.ggml.model", Value::String("bert".into())),
+        ("tokenizer.ggml.tokens", toks()),
+    ]);
+    assert!(
+        matches!(Tokenizer::from_gguf(&g), Err(TokenizerError::UnsupportedModel(m)) if m == "bert")
+    );
+    let g = gguf_with(vec![
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens", toks()),
+        ("tokenizer.ggml.merges", Value::strings(["a b"])),
+    ]);
+    assert!(
+        matches!(Tokenizer::from_gguf(&g), Err(TokenizerError::UnsupportedPre(p)) if p == "qwen2")
+    );
+    let g = gguf_with(vec![(
+        "tokenizer.ggml.model",
+        Value::String("llama".into()),
+    )]);
+    assert!(matches!(
+        Tokenizer::from_gguf(&g),
+        Err(TokenizerError::BadMetadata(_))
+    ));
+}
+
+#[test]
+fn from_parts_checks_lengths_and_merges() {
+    let toks = || vec!["a".to_string(), "b".into(), "ab".into()];
+    let e = Tokenizer::from_parts(
+        "llama",
+        None,
+        toks(),
+        vec![0.0],
+        vec![],
+        vec![],
+        None,
+        None,
+        false,
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let e = Tokenizer::from_parts(
+        "gpt2",
+        Some("llama-bpe"),
+        toks(),
+        vec![],
+        vec![],
+        vec!["ab".into()],
+        None,
+        None,
+        false,
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let t = Tokenizer::from_parts(
+        "gpt2",
+        Some("gpt-2"),
+        toks(),
+        vec![],
+        vec![],
+        vec!["a b".into()],
+        None,
+        None,
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(t.encode("ab", true, false), vec![2]);
+    assert_eq!(t.encode("aab", false, false), vec![0, 2]);
+    let e = Tokenizer::from_parts(
+        "gpt2",
+        Some("llama-bpe"),
+        toks(),
+        vec![],
+        vec![],
+        vec![],
+        Some(3),
+        None,
+        true,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, TokenizerError::TokenOutOfRange { id: 3, vocab: 3 }),
+        "{e}"
+    );
+}
