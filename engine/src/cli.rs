@@ -193,7 +193,7 @@ pub fn main() -> i32 {
 pub fn exit_code(e: &Error) -> i32 {
     match e {
         Error::Usage(_) => 2,
-        Error::Io { .. } => 1,
+        Error::Io { .. } | Error::Gguf(crate::gguf::GgufError::Io { .. }) => 1,
         Error::Convert(convert::ConvertError::Io { .. }) => 1,
         Error::Convert(convert::ConvertError::Usage(_)) => 2,
         _ => 3,

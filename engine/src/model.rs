@@ -255,38 +255,19 @@ impl Model {
             c.kv_dim() as u64,
         );
         let weight = |name: &str, shape: [u64; 2]| -> Result<Weight, ModelError> {
-            let t = file
-                .tensor(name)
-                .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
-            if t.dims != shape {
-                return Err(ModelError::Shape {
-                    tensor: name.into(),
-                    expected: shape.to_vec(),
-                    got: t.dims.clone(),
-                });
+            let mut w = checked_tensor(&file, name, &shape)?;
+            // The reference multiplies by an optional `<name>.scale` scalar after the product.
+            let scale_name = name.replace(".weight", ".scale");
+            if file.tensor(&scale_name).is_some() {
+                let mut s = [0f32];
+                checked_tensor(&file, &scale_name, &[1])?.dequantize_row(0, &mut s);
+                w.post_scale = Some(s[0]);
             }
-            Weight::new(&file, t).map_err(|source| ModelError::TensorFormat {
-                tensor: name.into(),
-                source,
-            })
+            Ok(w)
         };
         let vector = |name: &str, len: u64| -> Result<Vec<f32>, ModelError> {
-            let t = file
-                .tensor(name)
-                .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
-            if t.dims != [len] {
-                return Err(ModelError::Shape {
-                    tensor: name.into(),
-                    expected: vec![len],
-                    got: t.dims.clone(),
-                });
-            }
-            let w = Weight::new(&file, t).map_err(|source| ModelError::TensorFormat {
-                tensor: name.into(),
-                source,
-            })?;
             let mut v = vec![0f32; len as usize];
-            w.dequantize_row(0, &mut v);
+            checked_tensor(&file, name, &[len])?.dequantize_row(0, &mut v);
             Ok(v)
         };
         let token_embd = weight("token_embd.weight", [dim, c.vocab_size as u64])?;
@@ -435,6 +416,15 @@ impl Model {
             .matmul(&h[..rows * dim], rows, &mut logits, th, st);
         Ok(logits)
     }
+}
+
+/// A tensor that must exist with exactly `dims`, viewed as a matrix (1-D = one row).
+fn checked_tensor(file: &Arc<Gguf>, name: &str, dims: &[u64]) -> Result<Weight, ModelError> {
+    let t = file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+    if t.dims != dims {
+        return Err(ModelError::Shape { tensor: name.into(), expected: dims.to_vec(), got: t.dims.clone() });
+    }
+    Weight::new(file, t).map_err(|source| ModelError::TensorFormat { tensor: name.into(), source })
 }
 
 /// RMSNorm of each row of `x` (row length = weight length) into `out`:

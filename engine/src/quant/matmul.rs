@@ -23,6 +23,9 @@ pub struct Weight {
     len: usize,
     /// I2_S per-tensor scale (1.0 for other types).
     i2s_scale: f32,
+    /// A separate scalar the product is multiplied by afterwards (the reference's optional
+    /// `<name>.scale` tensors), applied as its own f32 multiply like the reference's ggml_mul.
+    pub post_scale: Option<f32>,
 }
 
 impl std::fmt::Debug for Weight {
@@ -59,6 +62,7 @@ impl Weight {
             start: t.file_offset as usize,
             len: t.size as usize,
             i2s_scale,
+            post_scale: None,
         })
     }
 

@@ -63,70 +63,49 @@ pub(super) struct Bpe {
     pub(super) pre: PreTokenizer,
     /// A word that is itself a token is emitted whole (llama.cpp's `ignore_merges`).
     pub(super) ignore_merges: bool,
-    /// (left piece, right piece) -> rank. Piece ids are token ids, or ids from `extra_pieces`.
-    ranks: FastMap<(u32, u32), u32>,
-    /// Merge halves that are not tokens themselves, numbered from the vocabulary size up.
-    extra_pieces: FastMap<String, u32>,
+    /// "left right" -> rank. Keyed by the merge string itself: pieces of byte-encoded text
+    /// never contain a space, so `left + " " + right` names exactly one (left, right) pair.
+    ranks: FastMap<String, u32>,
     byte_to_char: [char; 256],
 }
 
 impl Bpe {
-    /// Parses `merges` ("left right", rank = position; the first occurrence of a pair wins).
+    /// Takes `merges` ("left right", rank = position; the first occurrence of a pair wins).
     pub(super) fn new(
         pre: PreTokenizer,
         ignore_merges: bool,
-        merges: &[String],
-        vocab: &Vocab,
+        merges: Vec<String>,
     ) -> Result<Self, TokenizerError> {
-        let n_vocab = vocab.texts.len();
-        if n_vocab.saturating_add(merges.len().saturating_mul(2)) > u32::MAX as usize {
+        if merges.len() > u32::MAX as usize {
             return Err(TokenizerError::BadMetadata(format!(
-                "{} merges do not fit 32-bit ids",
+                "{} merges",
                 merges.len()
             )));
         }
         let mut ranks = FastMap::with_capacity_and_hasher(merges.len(), Default::default());
-        let mut extra_pieces: FastMap<String, u32> = FastMap::default();
-        for (rank, m) in merges.iter().enumerate() {
+        for (rank, m) in merges.into_iter().enumerate() {
             // llama.cpp splits at the first space after the first byte.
-            let split = m
-                .as_bytes()
-                .iter()
-                .skip(1)
-                .position(|&b| b == b' ')
-                .map(|i| i + 1);
-            let Some(at) = split else {
+            if !m.as_bytes().iter().skip(1).any(|&b| b == b' ') {
                 return Err(TokenizerError::BadMetadata(format!(
                     "tokenizer.ggml.merges[{rank}] = {m:?} is not \"left right\""
                 )));
-            };
-            let mut piece = |s: &str| match vocab.id(s) {
-                Some(id) => id,
-                None => {
-                    let next = (n_vocab + extra_pieces.len()) as u32;
-                    *extra_pieces.entry(s.to_owned()).or_insert(next)
-                }
-            };
-            let pair = (piece(&m[..at]), piece(&m[at + 1..]));
-            ranks.entry(pair).or_insert(rank as u32);
+            }
+            ranks.entry(m).or_insert(rank as u32);
         }
         Ok(Bpe {
             pre,
             ignore_merges,
             ranks,
-            extra_pieces,
             byte_to_char: byte_to_char(),
         })
     }
 
-    fn piece_id(&self, vocab: &Vocab, s: &str) -> Option<u32> {
-        vocab.id(s).or_else(|| self.extra_pieces.get(s).copied())
-    }
-
-    fn rank(&self, vocab: &Vocab, left: &str, right: &str) -> Option<u32> {
-        let l = self.piece_id(vocab, left)?;
-        let r = self.piece_id(vocab, right)?;
-        self.ranks.get(&(l, r)).copied()
+    fn rank(&self, key: &mut String, left: &str, right: &str) -> Option<u32> {
+        key.clear();
+        key.push_str(left);
+        key.push(' ');
+        key.push_str(right);
+        self.ranks.get(key.as_str()).copied()
     }
 
     /// Tokenizes one raw-text fragment, appending ids to `out`.
@@ -167,11 +146,12 @@ impl Bpe {
             last.next = None;
         }
         let mut queue = BinaryHeap::new();
+        let mut key = String::new();
         let text = |s: &Sym| &word[s.start..s.start + s.len];
-        let push =
+        let mut push =
             |queue: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
                 if let (Some(l), Some(r)) = (l, r) {
-                    if let Some(rank) = self.rank(vocab, text(&syms[l]), text(&syms[r])) {
+                    if let Some(rank) = self.rank(&mut key, text(&syms[l]), text(&syms[r])) {
                         queue.push(Bigram {
                             rank,
                             left: l,

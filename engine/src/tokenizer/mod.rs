@@ -94,7 +94,9 @@ impl std::hash::Hasher for FxHasher {
         self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves the low bits (hashbrown's bucket index) weak: fold the high in.
+        let h = self.0;
+        (h ^ (h >> 32)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 29)
     }
 }
 
@@ -316,7 +318,7 @@ impl Tokenizer {
             .unwrap_or(default_add_bos);
         let add_eos = g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         Self::build(
-            model, pre, tokens, scores, types, &merges, bos, eos, add_bos, add_eos, extras,
+            model, pre, tokens, scores, types, merges, bos, eos, add_bos, add_eos, extras,
         )
     }
 
@@ -337,7 +339,7 @@ impl Tokenizer {
     ) -> Result<Self> {
         let extras = Extras::default();
         Self::build(
-            model, pre, tokens, scores, types, &merges, bos, eos, add_bos, add_eos, extras,
+            model, pre, tokens, scores, types, merges, bos, eos, add_bos, add_eos, extras,
         )
     }
 
@@ -348,7 +350,7 @@ impl Tokenizer {
         tokens: Vec<String>,
         scores: Vec<f32>,
         types: Vec<i32>,
-        merges: &[String],
+        merges: Vec<String>,
         bos: Option<u32>,
         eos: Option<u32>,
         add_bos: bool,
@@ -453,7 +455,7 @@ impl Tokenizer {
             Kind::Spm { byte_tokens }
         } else {
             let (pre, ignore_merges, _) = bpe_pre(pre)?;
-            Kind::Bpe(Box::new(bpe::Bpe::new(pre, ignore_merges, merges, &vocab)?))
+            Kind::Bpe(Box::new(bpe::Bpe::new(pre, ignore_merges, merges)?))
         };
 
         let pieces = Self::pieces(&vocab, is_spm)?;
