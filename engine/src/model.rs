@@ -148,9 +148,9 @@ impl Config {
         let norm_eps = g
             .get_f64(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-5) as f32;
-        if !(rope_theta > 0.0 && rope_theta.is_finite())
-            || !(norm_eps >= 0.0 && norm_eps.is_finite())
-        {
+        let valid =
+            rope_theta > 0.0 && rope_theta.is_finite() && norm_eps >= 0.0 && norm_eps.is_finite();
+        if !valid {
             return Err(ModelError::BadHyper(format!(
                 "rope.freq_base {rope_theta}, epsilon {norm_eps}"
             )));
@@ -420,11 +420,20 @@ impl Model {
 
 /// A tensor that must exist with exactly `dims`, viewed as a matrix (1-D = one row).
 fn checked_tensor(file: &Arc<Gguf>, name: &str, dims: &[u64]) -> Result<Weight, ModelError> {
-    let t = file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+    let t = file
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
     if t.dims != dims {
-        return Err(ModelError::Shape { tensor: name.into(), expected: dims.to_vec(), got: t.dims.clone() });
+        return Err(ModelError::Shape {
+            tensor: name.into(),
+            expected: dims.to_vec(),
+            got: t.dims.clone(),
+        });
     }
-    Weight::new(file, t).map_err(|source| ModelError::TensorFormat { tensor: name.into(), source })
+    Weight::new(file, t).map_err(|source| ModelError::TensorFormat {
+        tensor: name.into(),
+        source,
+    })
 }
 
 /// RMSNorm of each row of `x` (row length = weight length) into `out`:

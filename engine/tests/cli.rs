@@ -9,7 +9,10 @@ fn read_logits(path: &Path) -> (usize, usize, Vec<f32>) {
     let b = std::fs::read(path).unwrap();
     let n = i32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
     let v = i32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
-    let data: Vec<f32> = b[8..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let data: Vec<f32> = b[8..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(data.len(), n * v, "file length matches its header");
     (n, v, data)
 }
@@ -33,19 +36,33 @@ fn logits_file_has_the_documented_layout_and_seq_equals_batch() {
     let (n, v, seq) = &files[0];
     assert_eq!((*n, *v), (5, 512));
     // The batch path performs the same operations per row, in the same order: bit-identical.
-    assert_eq!(seq.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), files[1].2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        seq.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        files[1].2.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
     // And equal to the library's own teacher-forced logits.
     let m = bitnet::model::Model::load(&model).unwrap();
-    let lib = bitnet::cli::teacher_forced_logits(&m, &[1, 403, 407, 261, 378], bitnet::cli::Mode::Seq).unwrap();
+    let lib =
+        bitnet::cli::teacher_forced_logits(&m, &[1, 403, 407, 261, 378], bitnet::cli::Mode::Seq)
+            .unwrap();
     assert_eq!(&lib, seq);
 }
 
 #[test]
 fn tokenize_prints_ids_with_bos() {
     let model = converted("i2_s", "f32");
-    let out = bitnet().args(["tokenize", "-m"]).arg(&model).arg("Once upon a time").output().unwrap();
+    let out = bitnet()
+        .args(["tokenize", "-m"])
+        .arg(&model)
+        .arg("Once upon a time")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let ids: Vec<u32> = String::from_utf8(out.stdout).unwrap().split_whitespace().map(|s| s.parse().unwrap()).collect();
+    let ids: Vec<u32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
     assert_eq!(ids[0], 1, "BOS first");
     assert!(ids.len() >= 4);
 }
@@ -54,9 +71,16 @@ fn tokenize_prints_ids_with_bos() {
 fn inspect_shows_a_verdict_for_a_valid_model() {
     let model = converted("i2_s", "f16");
     let out = bitnet().arg("inspect").arg(&model).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8(out.stdout).unwrap();
-    assert!(s.contains("verdict: loadable bitnet model: 8 layers"), "{s}");
+    assert!(
+        s.contains("verdict: loadable bitnet model: 8 layers"),
+        "{s}"
+    );
     assert!(s.contains("blk.0.attn_q.weight") && s.contains("I2_S"));
     assert!(s.contains("token_embd.weight") && s.contains("F16"));
 }
@@ -82,9 +106,21 @@ fn synth_is_deterministic_and_loads() {
     assert_ne!(bytes(&a), bytes(&c), "different seed, different weights");
     let out = bitnet().arg("inspect").arg(&a).output().unwrap();
     let s = String::from_utf8(out.stdout).unwrap();
-    assert!(s.contains("4 layers, hidden 256, heads 8/2 kv, FFN 640 (silu), vocab 32000"), "{s}");
-    let out = bitnet().args(["run", "-m"]).arg(&a).args(["-p", "Hello", "-n", "8", "--temp", "0", "--ignore-eos"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        s.contains("4 layers, hidden 256, heads 8/2 kv, FFN 640 (silu), vocab 32000"),
+        "{s}"
+    );
+    let out = bitnet()
+        .args(["run", "-m"])
+        .arg(&a)
+        .args(["-p", "Hello", "-n", "8", "--temp", "0", "--ignore-eos"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -97,15 +133,46 @@ fn exit_codes_distinguish_usage_io_and_bad_input() {
         out.status.code()
     };
     let m = model.to_str().unwrap();
-    assert_eq!(code(&["run", "-m", m, "--top-p", "2"]), Some(2), "bad sampling parameter");
+    assert_eq!(
+        code(&["run", "-m", m, "--top-p", "2"]),
+        Some(2),
+        "bad sampling parameter"
+    );
     assert_eq!(code(&["run", "--bogus"]), Some(2), "unknown flag");
-    assert_eq!(code(&["inspect", "/nonexistent/model.gguf"]), Some(1), "missing file is an I/O failure");
+    assert_eq!(
+        code(&["inspect", "/nonexistent/model.gguf"]),
+        Some(1),
+        "missing file is an I/O failure"
+    );
     let garbage = tmp(&format!("garbage-{}.bin", std::process::id()));
     std::fs::write(&garbage, vec![7u8; 1000]).unwrap();
     let g = garbage.to_str().unwrap();
     let tokm = shared("models/bitllama2c-3m/tokenizer.model");
     let out = tmp("never-written.gguf");
-    assert_eq!(code(&["convert", "llama2c", g, "--tokenizer", tokm.to_str().unwrap(), "-o", out.to_str().unwrap()]), Some(3));
+    assert_eq!(
+        code(&[
+            "convert",
+            "llama2c",
+            g,
+            "--tokenizer",
+            tokm.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap()
+        ]),
+        Some(3)
+    );
     assert!(!out.exists(), "no partial output left behind");
-    assert_eq!(code(&["logits", "-m", m, "--tokens", "1,99999", "-o", out.to_str().unwrap()]), Some(3), "token out of range");
+    assert_eq!(
+        code(&[
+            "logits",
+            "-m",
+            m,
+            "--tokens",
+            "1,99999",
+            "-o",
+            out.to_str().unwrap()
+        ]),
+        Some(3),
+        "token out of range"
+    );
 }

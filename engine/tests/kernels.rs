@@ -117,8 +117,8 @@ proptest! {
         let (back, s) = i2s::unpack(&packed, rows, cols).unwrap();
         prop_assert_eq!(&back[..], v);
         prop_assert_eq!(s, scale);
-        for j in 0..rows * cols {
-            prop_assert_eq!(naive_i2s_value(&packed, j), v[j] as i32);
+        for (j, &want) in v.iter().enumerate() {
+            prop_assert_eq!(naive_i2s_value(&packed, j), want as i32);
         }
     }
 
@@ -163,8 +163,8 @@ proptest! {
             let packed = if ty == TensorType::TQ2_0 { tq::pack_tq2(v, &scales) } else { tq::pack_tq1(v, &scales) }.unwrap();
             prop_assert_eq!(packed.len() as u64, ty.tensor_bytes(cols as u64));
             let deq = bitnet::quant::dequantize(ty, &packed, 1, cols).unwrap();
-            for j in 0..cols {
-                prop_assert_eq!(deq[j], v[j] as f32 * d16, "{} element {}", ty, j);
+            for (j, (&got, &want)) in deq.iter().zip(v).enumerate() {
+                prop_assert_eq!(got, want as f32 * d16, "{} element {}", ty, j);
             }
             // Block-wise formula: sum_b d_b * sum_j (w_j * q_j), then / s.
             let mut acc = 0f32;

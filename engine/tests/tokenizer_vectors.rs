@@ -234,67 +234,98 @@ fn bad_metadata_is_an_error() {
     ));
 }
 
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `Tokenizer::from_parts` without EOS and add_eos.
+fn parts(
+    model: &str,
+    pre: Option<&str>,
+    tokens: &[&str],
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    merges: &[&str],
+    bos: Option<u32>,
+) -> Result<Tokenizer, TokenizerError> {
+    let (tokens, merges) = (strings(tokens), strings(merges));
+    Tokenizer::from_parts(
+        model, pre, tokens, scores, types, merges, bos, None, true, false,
+    )
+}
+
 #[test]
 fn from_parts_checks_lengths_and_merges() {
-    let toks = || vec!["a".to_string(), "b".into(), "ab".into()];
-    let e = Tokenizer::from_parts(
-        "llama",
-        None,
-        toks(),
-        vec![0.0],
+    let toks = ["a", "b", "ab"];
+    let e = parts("llama", None, &toks, vec![0.0], vec![], &[], None).unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let e = parts("llama", None, &["a", "b", "a"], vec![], vec![], &[], None).unwrap_err();
+    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
+    let e = parts(
+        "gpt2",
+        Some("llama-bpe"),
+        &toks,
         vec![],
         vec![],
+        &["ab"],
         None,
-        None,
-        false,
-        false,
     )
     .unwrap_err();
     assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
-    let e = Tokenizer::from_parts(
+    let e = parts(
         "gpt2",
         Some("llama-bpe"),
-        toks(),
+        &toks,
         vec![],
         vec![],
-        vec!["ab".into()],
-        None,
-        None,
-        false,
-        false,
-    )
-    .unwrap_err();
-    assert!(matches!(e, TokenizerError::BadMetadata(_)), "{e}");
-    let t = Tokenizer::from_parts(
-        "gpt2",
-        Some("gpt-2"),
-        toks(),
-        vec![],
-        vec![],
-        vec!["a b".into()],
-        None,
-        None,
-        false,
-        false,
-    )
-    .unwrap();
-    assert_eq!(t.encode("ab", true, false), vec![2]);
-    assert_eq!(t.encode("aab", false, false), vec![0, 2]);
-    let e = Tokenizer::from_parts(
-        "gpt2",
-        Some("llama-bpe"),
-        toks(),
-        vec![],
-        vec![],
-        vec![],
+        &[],
         Some(3),
-        None,
-        true,
-        false,
     )
     .unwrap_err();
     assert!(
         matches!(e, TokenizerError::TokenOutOfRange { id: 3, vocab: 3 }),
         "{e}"
     );
+    let e = parts("gpt2", None, &toks, vec![], vec![], &["a b"], None).unwrap_err();
+    assert!(matches!(e, TokenizerError::UnsupportedPre(_)), "{e}");
+
+    let t = parts(
+        "gpt2",
+        Some("gpt-2"),
+        &toks,
+        vec![],
+        vec![],
+        &["a b"],
+        Some(1),
+    )
+    .unwrap();
+    assert_eq!(t.encode("ab", false, false), vec![2]);
+    assert_eq!(t.encode("aab", true, false), vec![1, 0, 2]);
+    assert_eq!(t.decode(&[0, 2]).unwrap(), "aab");
+}
+
+#[test]
+fn user_defined_tokens_always_split() {
+    // llama.cpp cuts user-defined tokens (type 4) out even when parse_special is false;
+    // control tokens (type 3) only when it is true.
+    let toks = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "\u{2581}a",
+        "\u{2581}b",
+        "<x>",
+        "a",
+        "b",
+        "<0x3C>",
+    ];
+    let types = vec![2, 3, 3, 1, 1, 4, 1, 1, 6];
+    let t = parts("llama", None, &toks, vec![], types, &[], Some(1)).unwrap();
+    assert_eq!(t.encode("a<x>b", false, false), vec![3, 5, 4]);
+    assert_eq!(t.encode("a<x>b", false, true), vec![3, 5, 4]);
+    assert_eq!(t.decode(&[3, 5, 4]).unwrap(), "a<x> b");
+    let plain = t.encode("a<s>", false, false);
+    assert_eq!(plain[..2], [3, 8]);
+    assert_eq!(t.encode("a<s>", true, true), vec![1, 3, 1]);
+    assert_eq!(t.decode(&[1, 3, 1]).unwrap(), "a");
 }

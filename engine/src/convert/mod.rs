@@ -121,7 +121,7 @@ impl Ternary {
             WeightFormat::I2S => i2s::pack(&self.values, self.rows, self.cols, self.scale)?,
             WeightFormat::TQ2_0 | WeightFormat::TQ1_0 => {
                 let scales = vec![self.scale; self.values.len() / tq::QK];
-                if self.cols % tq::QK != 0 {
+                if !self.cols.is_multiple_of(tq::QK) {
                     return Err(FormatError::BadCols {
                         ty: "TQ",
                         rows: self.rows,
@@ -186,7 +186,7 @@ impl Vocab {
             .ok_or_else(|| bad("no tokenizer.ggml.model"))?
             .to_string();
         let strings = |k: &str| -> Result<Vec<String>, ConvertError> {
-            Ok(g.get_array(k)?
+            g.get_array(k)?
                 .unwrap_or(&[])
                 .iter()
                 .map(|v| {
@@ -194,7 +194,7 @@ impl Vocab {
                         .map(str::to_string)
                         .ok_or_else(|| bad(&format!("{k}: non-string element")))
                 })
-                .collect::<Result<_, _>>()?)
+                .collect::<Result<_, _>>()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         if tokens.is_empty() {

@@ -41,7 +41,7 @@ pub fn dequantize_row(ty: TensorType, row: &[u8], out: &mut [f32]) {
 /// Dot product of a float-format row with f32 activations. Eight partial sums, combined in a
 /// fixed order, so the result never depends on how rows are split across threads.
 pub fn dot(ty: TensorType, row: &[u8], x: &[f32], scratch: &mut [f32]) -> f32 {
-    let w: &[f32] = if ty == TensorType::F32 && (row.as_ptr() as usize) % 4 == 0 {
+    let w: &[f32] = if ty == TensorType::F32 && (row.as_ptr() as usize).is_multiple_of(4) {
         // SAFETY: aligned, length checked by the caller's size validation; f32 has no invalid bits.
         unsafe { std::slice::from_raw_parts(row.as_ptr() as *const f32, x.len()) }
     } else {

@@ -32,7 +32,7 @@ fn code_of(v: i8) -> Result<u8, FormatError> {
 
 /// Packs ternary values (row-major, cols a multiple of 128) and the tensor scale.
 pub fn pack(values: &[i8], rows: usize, cols: usize, scale: f32) -> Result<Vec<u8>, FormatError> {
-    if cols == 0 || cols % BLOCK != 0 {
+    if cols == 0 || !cols.is_multiple_of(BLOCK) {
         return Err(FormatError::BadCols {
             ty: "I2_S",
             rows,

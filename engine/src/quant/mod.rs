@@ -175,7 +175,7 @@ pub enum FormatError {
 /// Checks a weight buffer's size against its declared shape.
 pub fn check_size(ty: TensorType, rows: usize, cols: usize, got: usize) -> Result<(), FormatError> {
     let multiple = ty.traits().row_multiple() as usize;
-    if cols == 0 || cols % multiple != 0 {
+    if cols == 0 || !cols.is_multiple_of(multiple) {
         return Err(FormatError::BadCols {
             ty: ty.name(),
             rows,

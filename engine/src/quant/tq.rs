@@ -27,7 +27,7 @@ fn code_of(v: i8) -> Result<u8, FormatError> {
 }
 
 fn check(values: &[i8], scales: &[f32], ty: &'static str) -> Result<(), FormatError> {
-    if values.len() % QK != 0 || values.len() / QK != scales.len() {
+    if !values.len().is_multiple_of(QK) || values.len() / QK != scales.len() {
         return Err(FormatError::WrongSize {
             ty,
             rows: scales.len(),

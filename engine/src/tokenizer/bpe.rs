@@ -4,7 +4,8 @@
 //! are merged lowest merge rank first (ties: leftmost), until no adjacent pair has a rank.
 
 use super::pretok::PreTokenizer;
-use super::{FastMap, TokenizerError, Vocab};
+use super::table::StrTable;
+use super::{TokenizerError, Vocab};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -36,17 +37,15 @@ pub(super) fn char_to_byte_table(fwd: &[char; 256]) -> Vec<Option<u8>> {
     inv
 }
 
-/// Renders a normal BPE token's text as output bytes, the way llama.cpp's `llama_decode_text`
+/// Appends a normal BPE token's text as output bytes, the way llama.cpp's `llama_decode_text`
 /// does (including its `[UNK_BYTE_0x..]` marker for characters outside the byte alphabet).
-pub(super) fn decode_text(text: &str, inv: &[Option<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+pub(super) fn decode_text(text: &str, inv: &[Option<u8>], out: &mut Vec<u8>) {
     for c in text.chars() {
         match inv.get(c as usize).copied().flatten() {
             Some(b) => out.push(b),
             None => {
                 out.extend_from_slice(b"[UNK_BYTE_0x");
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
                     out.extend_from_slice(format!("{b:02x}").as_bytes());
                 }
                 out.extend_from_slice(text.as_bytes());
@@ -54,7 +53,6 @@ pub(super) fn decode_text(text: &str, inv: &[Option<u8>]) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// Merge ranks and pre-tokenizer of a BPE vocabulary.
@@ -63,34 +61,30 @@ pub(super) struct Bpe {
     pub(super) pre: PreTokenizer,
     /// A word that is itself a token is emitted whole (llama.cpp's `ignore_merges`).
     pub(super) ignore_merges: bool,
-    /// "left right" -> rank. Keyed by the merge string itself: pieces of byte-encoded text
-    /// never contain a space, so `left + " " + right` names exactly one (left, right) pair.
-    ranks: FastMap<String, u32>,
+    /// Entry = rank, text = "left right". Keyed by the merge string itself: pieces of
+    /// byte-encoded text never contain a space, so `left + " " + right` names exactly one pair.
+    ranks: StrTable,
     byte_to_char: [char; 256],
 }
 
 impl Bpe {
     /// Takes `merges` ("left right", rank = position; the first occurrence of a pair wins).
-    pub(super) fn new(
+    pub(super) fn new<M: AsRef<str>>(
         pre: PreTokenizer,
         ignore_merges: bool,
-        merges: Vec<String>,
+        merges: &[M],
     ) -> Result<Self, TokenizerError> {
-        if merges.len() > u32::MAX as usize {
-            return Err(TokenizerError::BadMetadata(format!(
-                "{} merges",
-                merges.len()
-            )));
-        }
-        let mut ranks = FastMap::with_capacity_and_hasher(merges.len(), Default::default());
-        for (rank, m) in merges.into_iter().enumerate() {
+        let bytes = merges.iter().map(|m| m.as_ref().len()).sum();
+        let mut ranks = StrTable::with_capacity(merges.len(), bytes)?;
+        for (rank, m) in merges.iter().enumerate() {
+            let m = m.as_ref();
             // llama.cpp splits at the first space after the first byte.
             if !m.as_bytes().iter().skip(1).any(|&b| b == b' ') {
                 return Err(TokenizerError::BadMetadata(format!(
                     "tokenizer.ggml.merges[{rank}] = {m:?} is not \"left right\""
                 )));
             }
-            ranks.entry(m).or_insert(rank as u32);
+            ranks.push(m)?;
         }
         Ok(Bpe {
             pre,
@@ -105,7 +99,7 @@ impl Bpe {
         key.push_str(left);
         key.push(' ');
         key.push_str(right);
-        self.ranks.get(key.as_str()).copied()
+        self.ranks.find(key)
     }
 
     /// Tokenizes one raw-text fragment, appending ids to `out`.
@@ -246,6 +240,8 @@ mod tests {
         for (b, &c) in fwd.iter().enumerate() {
             assert_eq!(inv[c as usize], Some(b as u8));
         }
-        assert_eq!(decode_text("ĠhiĊ", &inv), b" hi\n");
+        let mut out = Vec::new();
+        decode_text("ĠhiĊ", &inv, &mut out);
+        assert_eq!(out, b" hi\n");
     }
 }

@@ -7,13 +7,16 @@
 
 mod bpe;
 mod pretok;
+mod special;
 mod spm;
+mod table;
 mod unicode_tables;
 
 use crate::gguf::{Gguf, GgufError, Value};
 use pretok::PreTokenizer;
-use std::collections::HashMap;
+use special::Frag;
 use std::fmt;
+use table::StrTable;
 
 /// Why a tokenizer could not be built, or a token id could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -61,59 +64,39 @@ impl Attr {
     }
 }
 
-/// A fast non-cryptographic hasher (the FxHash mixing step) for the vocabulary maps: their
-/// keys come from the model file, and SipHash made building a 128k-token vocabulary 3x slower.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        // The multiply leaves the low bits (hashbrown's bucket index) weak: fold the high in.
-        let h = self.0;
-        (h ^ (h >> 32)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 29)
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
-
-/// Token texts, scores and attributes, and the text -> id map.
+/// Token texts (with the text -> id index), scores and attributes.
 #[derive(Clone)]
 struct Vocab {
-    texts: Vec<String>,
+    texts: StrTable,
     scores: Vec<f32>,
     attrs: Vec<Attr>,
-    ids: FastMap<String, u32>,
 }
 
 impl Vocab {
     fn id(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        self.texts.find(text)
+    }
+    fn text(&self, id: u32) -> &str {
+        self.texts.get(id as usize).unwrap_or_default()
+    }
+    fn len(&self) -> usize {
+        self.texts.len()
+    }
+}
+
+/// The output bytes of every token, in one buffer.
+#[derive(Clone, Default)]
+struct Pieces {
+    bytes: Vec<u8>,
+    /// Token `i` is `bytes[ends[i - 1]..ends[i]]`.
+    ends: Vec<usize>,
+}
+
+impl Pieces {
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.bytes[start..end])
     }
 }
 
@@ -126,65 +109,23 @@ enum Kind {
     Bpe(Box<bpe::Bpe>),
 }
 
-/// Texts that llama.cpp recognises as end-of-turn tokens (forced to control, end generation).
-const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<EOT>",
-    "<｜end▁of▁sentence｜>",
-];
-/// Texts that end generation (llama.cpp's `special_eog_ids` text list).
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|eom_id|>",
-    "<EOT>",
-];
-/// Fill-in-the-middle texts llama.cpp forces to control; the last group also ends generation.
-const FIM_TEXTS: &[&str] = &[
-    "<|fim_prefix|>",
-    "<fim-prefix>",
-    "<｜fim▁begin｜>",
-    "<PRE>",
-    "<|fim_suffix|>",
-    "<fim-suffix>",
-    "<｜fim▁hole｜>",
-    "<SUF>",
-    "<|fim_middle|>",
-    "<fim-middle>",
-    "<｜fim▁end｜>",
-    "<MID>",
-];
-const FIM_EOG_TEXTS: &[&str] = &[
-    "<|fim_pad|>",
-    "<fim-pad>",
-    "<PAD>",
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<|file_sep|>",
-];
-
-/// Settings only a GGUF provides; [`Tokenizer::from_parts`] uses the defaults.
-#[derive(Default)]
-struct Extras {
+/// Everything a tokenizer is built from (GGUF metadata or converter input).
+struct Parts<'a, T, M> {
+    model: &'a str,
+    pre: Option<&'a str>,
+    tokens: &'a [T],
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    merges: &'a [M],
+    bos: Option<u32>,
+    eos: Option<u32>,
     unk: Option<u32>,
     eot: Option<u32>,
     eom: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    /// Default: true for `llama`, false for `gpt2`.
     add_space_prefix: Option<bool>,
-}
-
-/// A text piece of the input or a special token cut out of it.
-enum Frag<'a> {
-    Text(&'a str),
-    Token(u32),
 }
 
 /// A tokenizer built from GGUF metadata. Cheap to share: encoding takes `&self`.
@@ -193,7 +134,7 @@ pub struct Tokenizer {
     vocab: Vocab,
     kind: Kind,
     /// Output bytes of each token (control and unknown tokens: empty).
-    pieces: Vec<Box<[u8]>>,
+    pieces: Pieces,
     /// Control, user-defined and unknown tokens, longest text first.
     specials: Vec<u32>,
     has_user_defined: bool,
@@ -236,11 +177,11 @@ fn bad(msg: String) -> TokenizerError {
 }
 
 /// A metadata array converted element-wise, or `None` when the key is absent.
-fn array<T>(
-    g: &Gguf,
+fn array<'g, T>(
+    g: &'g Gguf,
     key: &str,
     what: &str,
-    conv: impl Fn(&Value) -> Option<T>,
+    conv: impl Fn(&'g Value) -> Option<T>,
 ) -> Result<Option<Vec<T>>> {
     let Some(values) = g.get_array(key)? else {
         return Ok(None);
@@ -259,15 +200,14 @@ impl Tokenizer {
             .get_str("tokenizer.ggml.model")?
             .ok_or(TokenizerError::MissingModel)?;
         let pre = g.get_str("tokenizer.ggml.pre")?;
+        // llama.cpp's defaults when the keys are absent.
         let (default_bos, default_eos, default_unk, default_add_bos) = match model {
             "llama" => (Some(1), Some(2), Some(0), true),
             "gpt2" => (Some(11), Some(11), None, bpe_pre(pre)?.2),
             other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
-        let tokens = array(g, "tokenizer.ggml.tokens", "a string", |v| {
-            v.as_str().map(str::to_owned)
-        })?
-        .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
+        let tokens = array(g, "tokenizer.ggml.tokens", "a string", Value::as_str)?
+            .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
         let scores = array(g, "tokenizer.ggml.scores", "a number", |v| {
             v.as_f64().map(|x| x as f32)
         })?
@@ -276,13 +216,10 @@ impl Tokenizer {
             v.as_i64().and_then(|x| i32::try_from(x).ok())
         })?
         .unwrap_or_default();
-        let merges = if model == "gpt2" {
-            array(g, "tokenizer.ggml.merges", "a string", |v| {
-                v.as_str().map(str::to_owned)
-            })?
-            .ok_or_else(|| bad("tokenizer.ggml.merges is missing".into()))?
-        } else {
-            Vec::new()
+        let merges = match model {
+            "gpt2" => array(g, "tokenizer.ggml.merges", "a string", Value::as_str)?
+                .ok_or_else(|| bad("tokenizer.ggml.merges is missing".into()))?,
+            _ => Vec::new(),
         };
 
         let n = tokens.len();
@@ -305,21 +242,25 @@ impl Tokenizer {
                 }),
             }
         };
-        let bos = id("tokenizer.ggml.bos_token_id", default_bos)?;
-        let eos = id("tokenizer.ggml.eos_token_id", default_eos)?;
-        let extras = Extras {
+        let parts = Parts {
+            model,
+            pre,
+            tokens: &tokens,
+            scores,
+            types,
+            merges: &merges,
+            bos: id("tokenizer.ggml.bos_token_id", default_bos)?,
+            eos: id("tokenizer.ggml.eos_token_id", default_eos)?,
             unk: id("tokenizer.ggml.unknown_token_id", default_unk)?,
             eot: id("tokenizer.ggml.eot_token_id", None)?,
             eom: id("tokenizer.ggml.eom_token_id", None)?,
+            add_bos: g
+                .get_bool("tokenizer.ggml.add_bos_token")?
+                .unwrap_or(default_add_bos),
+            add_eos: g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
             add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix")?,
         };
-        let add_bos = g
-            .get_bool("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(default_add_bos);
-        let add_eos = g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-        Self::build(
-            model, pre, tokens, scores, types, merges, bos, eos, add_bos, add_eos, extras,
-        )
+        Self::build(parts)
     }
 
     /// Builds a tokenizer from already-extracted arrays (for converters). `scores` and `types`
@@ -337,47 +278,47 @@ impl Tokenizer {
         add_bos: bool,
         add_eos: bool,
     ) -> Result<Self> {
-        let extras = Extras::default();
-        Self::build(
-            model, pre, tokens, scores, types, merges, bos, eos, add_bos, add_eos, extras,
-        )
+        Self::build(Parts {
+            model,
+            pre,
+            tokens: &tokens,
+            scores,
+            types,
+            merges: &merges,
+            bos,
+            eos,
+            unk: None,
+            eot: None,
+            eom: None,
+            add_bos,
+            add_eos,
+            add_space_prefix: None,
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        model: &str,
-        pre: Option<&str>,
-        tokens: Vec<String>,
-        scores: Vec<f32>,
-        types: Vec<i32>,
-        merges: Vec<String>,
-        bos: Option<u32>,
-        eos: Option<u32>,
-        add_bos: bool,
-        add_eos: bool,
-        extras: Extras,
-    ) -> Result<Self> {
-        let is_spm = match model {
+    fn build<T: AsRef<str>, M: AsRef<str>>(p: Parts<'_, T, M>) -> Result<Self> {
+        let is_spm = match p.model {
             "llama" => true,
             "gpt2" => false,
             other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
-        let n = tokens.len();
+        let n = p.tokens.len();
         if n == 0 || n > i32::MAX as usize {
             return Err(bad(format!("tokenizer.ggml.tokens has {n} entries")));
         }
-        let scores = match scores.len() {
+        let scores = match p.scores.len() {
             0 => vec![0.0; n],
             len if len != n => return Err(bad(format!("{len} scores for {n} tokens"))),
-            _ => scores,
+            _ => p.scores,
         };
         if let Some(i) = scores.iter().position(|s| s.is_nan()) {
             return Err(bad(format!("score of token {i} is NaN")));
         }
-        let mut attrs = match types.len() {
+        let attrs = match p.types.len() {
             0 => vec![Attr::Normal; n],
             len if len != n => return Err(bad(format!("{len} token types for {n} tokens"))),
-            _ => types
+            _ => p
+                .types
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
@@ -385,89 +326,55 @@ impl Tokenizer {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
-        let mut texts = tokens;
-        let mut ids = FastMap::with_capacity_and_hasher(n, Default::default());
-        for (i, text) in texts.iter_mut().enumerate() {
-            if text.is_empty() {
-                *text = format!("[EMPTY_{i}]"); // llama.cpp's name for empty tokens
-            }
-            if let Some(prev) = ids.insert(text.clone(), i as u32) {
+        let bytes = p.tokens.iter().map(|t| t.as_ref().len()).sum();
+        let mut texts = StrTable::with_capacity(n, bytes)?;
+        for (i, text) in p.tokens.iter().enumerate() {
+            let text = text.as_ref();
+            let dup = if text.is_empty() {
+                texts.push(&format!("[EMPTY_{i}]"))? // llama.cpp's name for empty tokens
+            } else {
+                texts.push(text)?
+            };
+            if let Some(prev) = dup {
                 return Err(bad(format!("token {i} {text:?} duplicates token {prev}")));
             }
         }
-        for id in [bos, eos, extras.unk, extras.eot, extras.eom]
-            .into_iter()
-            .flatten()
-        {
+        for id in [p.bos, p.eos, p.unk, p.eot, p.eom].into_iter().flatten() {
             if id as usize >= n {
                 return Err(TokenizerError::TokenOutOfRange { id, vocab: n });
             }
         }
 
-        // llama.cpp's text-based special-token detection: these become control tokens.
-        let find = |list: &[&str]| -> Vec<u32> {
-            list.iter().filter_map(|t| ids.get(*t).copied()).collect()
-        };
-        let eot = extras.eot.or_else(|| find(EOT_TEXTS).into_iter().min());
-        let eom = extras.eom.or_else(|| ids.get("<|eom_id|>").copied());
-        let mut eog: Vec<u32> = find(EOG_TEXTS);
-        eog.extend(find(FIM_EOG_TEXTS));
-        let forced: Vec<u32> = eog
-            .iter()
-            .copied()
-            .chain(find(FIM_TEXTS))
-            .chain(eot)
-            .chain(eom)
-            .collect();
-        for id in forced {
-            attrs[id as usize] = Attr::Control;
-        }
-        eog.extend([eos, eot, eom].into_iter().flatten());
-        eog.sort_unstable();
-        eog.dedup();
-
-        let vocab = Vocab {
+        let mut vocab = Vocab {
             texts,
             scores,
             attrs,
-            ids,
         };
+        let eog = special::detect_eog(&mut vocab, p.eos, p.eot, p.eom);
         let kind = if is_spm {
+            let unk = p.unk.or_else(|| {
+                vocab
+                    .attrs
+                    .iter()
+                    .position(|&a| a == Attr::Unknown)
+                    .map(|i| i as u32)
+            });
             let mut byte_tokens = Box::new([None; 256]);
             for (b, slot) in byte_tokens.iter_mut().enumerate() {
+                let ascii = u8::try_from(b).ok().filter(u8::is_ascii).map(char::from);
                 *slot = vocab
                     .id(&format!("<0x{b:02X}>"))
-                    .or_else(|| {
-                        if b < 0x80 {
-                            vocab.id(&char::from(b as u8).to_string())
-                        } else {
-                            None
-                        }
-                    })
-                    .or(extras.unk.or_else(|| {
-                        vocab
-                            .attrs
-                            .iter()
-                            .position(|&a| a == Attr::Unknown)
-                            .map(|i| i as u32)
-                    }));
+                    .or_else(|| ascii.and_then(|c| vocab.id(c.encode_utf8(&mut [0; 4]))))
+                    .or(unk);
             }
             Kind::Spm { byte_tokens }
         } else {
-            let (pre, ignore_merges, _) = bpe_pre(pre)?;
-            Kind::Bpe(Box::new(bpe::Bpe::new(pre, ignore_merges, merges)?))
+            let (pre, ignore_merges, _) = bpe_pre(p.pre)?;
+            Kind::Bpe(Box::new(bpe::Bpe::new(pre, ignore_merges, p.merges)?))
         };
 
         let pieces = Self::pieces(&vocab, is_spm)?;
-        let mut specials: Vec<u32> = (0..n as u32)
-            .filter(|&i| {
-                matches!(
-                    vocab.attrs[i as usize],
-                    Attr::Control | Attr::UserDefined | Attr::Unknown
-                )
-            })
-            .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(vocab.texts[i as usize].len()));
+        let specials = special::special_tokens(&vocab);
         let has_user_defined = vocab.attrs.contains(&Attr::UserDefined);
         Ok(Tokenizer {
             vocab,
@@ -475,85 +382,50 @@ impl Tokenizer {
             pieces,
             specials,
             has_user_defined,
-            bos,
-            eos,
+            bos: p.bos,
+            eos: p.eos,
             eog,
-            add_bos,
-            add_eos,
-            add_space_prefix: extras.add_space_prefix.unwrap_or(is_spm),
+            add_bos: p.add_bos,
+            add_eos: p.add_eos,
+            add_space_prefix: p.add_space_prefix.unwrap_or(is_spm),
         })
     }
 
     /// The output bytes of every token, as llama.cpp's `token_to_piece` with `special = false`.
-    fn pieces(vocab: &Vocab, is_spm: bool) -> Result<Vec<Box<[u8]>>> {
+    fn pieces(vocab: &Vocab, is_spm: bool) -> Result<Pieces> {
         let inv = bpe::char_to_byte_table(&bpe::byte_to_char());
-        let mut pieces = Vec::with_capacity(vocab.texts.len());
-        for (i, (text, &attr)) in vocab.texts.iter().zip(&vocab.attrs).enumerate() {
-            let piece: Vec<u8> = match attr {
-                Attr::UserDefined => text.as_bytes().to_vec(),
-                Attr::Normal if is_spm => text.replace(spm::SPACE, " ").into_bytes(),
-                Attr::Normal => bpe::decode_text(text, &inv),
+        let mut pieces = Pieces {
+            bytes: Vec::new(),
+            ends: Vec::with_capacity(vocab.len()),
+        };
+        for (i, &attr) in vocab.attrs.iter().enumerate() {
+            let text = vocab.text(i as u32);
+            match attr {
+                Attr::UserDefined => pieces.bytes.extend_from_slice(text.as_bytes()),
+                Attr::Normal if is_spm => {
+                    for c in text.chars() {
+                        let c = if c == spm::SPACE { ' ' } else { c };
+                        pieces
+                            .bytes
+                            .extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                }
+                Attr::Normal => bpe::decode_text(text, &inv, &mut pieces.bytes),
                 Attr::Byte if is_spm => {
                     let hex = text.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'));
                     match hex
                         .filter(|h| h.len() == 2)
                         .and_then(|h| u8::from_str_radix(h, 16).ok())
                     {
-                        Some(b) => vec![b],
+                        Some(b) => pieces.bytes.push(b),
                         None => return Err(bad(format!("byte token {i} is {text:?}, not <0xXX>"))),
                     }
                 }
-                _ => Vec::new(),
-            };
-            pieces.push(piece.into_boxed_slice());
+                _ => {}
+            }
+            pieces.ends.push(pieces.bytes.len());
         }
         Ok(pieces)
-    }
-
-    /// Cuts special-token texts out of `text`, longest token first (as llama.cpp's
-    /// `tokenizer_st_partition`). Control and unknown tokens only when `parse_special`;
-    /// user-defined tokens always.
-    fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Frag<'a>> {
-        let mut frags = Vec::new();
-        if text.is_empty() {
-            return frags;
-        }
-        frags.push(Frag::Text(text));
-        if !parse_special && !self.has_user_defined {
-            return frags;
-        }
-        for &id in &self.specials {
-            let attr = self.vocab.attrs[id as usize];
-            if !parse_special && attr != Attr::UserDefined {
-                continue;
-            }
-            let pat = self.vocab.texts[id as usize].as_str();
-            if !frags
-                .iter()
-                .any(|f| matches!(f, Frag::Text(t) if t.contains(pat)))
-            {
-                continue;
-            }
-            let mut next = Vec::with_capacity(frags.len() + 2);
-            for f in frags {
-                let Frag::Text(mut rest) = f else {
-                    next.push(f);
-                    continue;
-                };
-                while let Some(at) = rest.find(pat) {
-                    if at > 0 {
-                        next.push(Frag::Text(&rest[..at]));
-                    }
-                    next.push(Frag::Token(id));
-                    rest = &rest[at + pat.len()..];
-                }
-                if !rest.is_empty() {
-                    next.push(Frag::Text(rest));
-                }
-            }
-            frags = next;
-        }
-        frags
     }
 
     /// Token ids of `text`. `add_special` prepends BOS / appends EOS as the vocabulary's
@@ -566,7 +438,14 @@ impl Tokenizer {
         }
         // SentencePiece prefixes a space at the start and after every special token.
         let mut after_special = true;
-        for frag in self.partition(text, parse_special) {
+        let frags = if parse_special || self.has_user_defined {
+            special::partition(&self.vocab, &self.specials, text, parse_special)
+        } else if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Frag::Text(text)]
+        };
+        for frag in frags {
             match frag {
                 Frag::Token(id) => {
                     out.push(id);
@@ -593,7 +472,6 @@ impl Tokenizer {
     fn piece(&self, id: u32) -> Result<&[u8]> {
         self.pieces
             .get(id as usize)
-            .map(|p| &p[..])
             .ok_or(TokenizerError::TokenOutOfRange {
                 id,
                 vocab: self.vocab_size(),
@@ -601,8 +479,10 @@ impl Tokenizer {
     }
 
     /// The text of `ids`. Control tokens render as nothing; with a space-prefix vocabulary the
-    /// first space of the first non-empty piece is dropped, so `decode(encode(x)) == x`.
-    /// Invalid UTF-8 (e.g. a cut multi-byte character) is replaced by U+FFFD.
+    /// first space of the first non-empty piece is dropped, so `decode(encode(x)) == x` (also
+    /// after a leading BOS, where llama.cpp keeps the space). llama.cpp's BPE "clean spaces"
+    /// pass (" ," -> ",") is not applied, for the same reason. Invalid UTF-8 (e.g. a cut
+    /// multi-byte character) is replaced by U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let mut bytes = Vec::new();
         let mut strip = self.add_space_prefix;
@@ -627,7 +507,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.vocab.texts.len()
+        self.vocab.len()
     }
 
     pub fn bos(&self) -> Option<u32> {
@@ -658,6 +538,6 @@ impl Tokenizer {
 
     /// The vocabulary text of a token (`▁`-escaped / byte-alphabet form, as stored).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.vocab.texts.get(id as usize).map(String::as_str)
+        self.vocab.texts.get(id as usize)
     }
 }
