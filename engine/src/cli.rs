@@ -102,6 +102,18 @@ pub enum Command {
         /// Override the preset's FFN activation (silu, relu2).
         #[arg(long)]
         activation: Option<String>,
+        /// Override the preset's hidden size.
+        #[arg(long)]
+        hidden: Option<usize>,
+        /// Override the preset's FFN size.
+        #[arg(long)]
+        ffn: Option<usize>,
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long)]
+        heads: Option<usize>,
+        #[arg(long)]
+        kv_heads: Option<usize>,
     },
 }
 
@@ -315,6 +327,11 @@ fn dispatch(cmd: Command) -> Result<()> {
             weights,
             embedding,
             activation,
+            hidden,
+            ffn,
+            layers,
+            heads,
+            kv_heads,
         } => {
             let preset = synth::Preset::parse(&preset)?;
             let vocab_path = match vocab {
@@ -333,6 +350,13 @@ fn dispatch(cmd: Command) -> Result<()> {
                 embedding: FloatFormat::parse(&embedding)?,
                 seed,
                 activation,
+                shape: synth::ShapeOverrides {
+                    dim: hidden,
+                    hidden_dim: ffn,
+                    n_layers: layers,
+                    n_heads: heads,
+                    n_kv_heads: kv_heads,
+                },
             };
             let pb = progress_bar(0, "synthesising");
             synth::synth(preset, vocab, &opts, &output, &mut |done, total| {

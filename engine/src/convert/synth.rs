@@ -86,6 +86,49 @@ pub struct SynthOptions {
     pub embedding: FloatFormat,
     pub seed: u64,
     pub activation: Option<Activation>,
+    pub shape: ShapeOverrides,
+}
+
+/// Changes to a preset's shape (for test models of other shapes).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShapeOverrides {
+    pub dim: Option<usize>,
+    pub hidden_dim: Option<usize>,
+    pub n_layers: Option<usize>,
+    pub n_heads: Option<usize>,
+    pub n_kv_heads: Option<usize>,
+}
+
+impl ShapeOverrides {
+    fn apply(&self, c: &mut Config) -> Result<(), ConvertError> {
+        c.dim = self.dim.unwrap_or(c.dim);
+        c.hidden_dim = self.hidden_dim.unwrap_or(c.hidden_dim);
+        c.n_layers = self.n_layers.unwrap_or(c.n_layers);
+        c.n_heads = self.n_heads.unwrap_or(c.n_heads);
+        c.n_kv_heads = self.n_kv_heads.unwrap_or(c.n_kv_heads);
+        let bad = |m: String| Err(ConvertError::Usage(m));
+        if c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 {
+            return bad("layers and heads must be positive".into());
+        }
+        if !c.dim.is_multiple_of(128) || !c.hidden_dim.is_multiple_of(128) {
+            return bad(format!(
+                "hidden {} and FFN {} must be multiples of 128 (I2_S blocks)",
+                c.dim, c.hidden_dim
+            ));
+        }
+        if !c.dim.is_multiple_of(c.n_heads)
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+            || !(c.dim / c.n_heads).is_multiple_of(2)
+        {
+            return bad(format!(
+                "hidden {} / heads {} / kv heads {} do not divide evenly",
+                c.dim, c.n_heads, c.n_kv_heads
+            ));
+        }
+        c.head_dim = c.dim / c.n_heads;
+        c.rope_dim = c.head_dim;
+        Ok(())
+    }
 }
 
 pub fn synth(
@@ -96,6 +139,7 @@ pub fn synth(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(), ConvertError> {
     let mut cfg = preset.config();
+    opts.shape.apply(&mut cfg)?;
     cfg.vocab_size = vocab.tokens.len();
     if let Some(a) = opts.activation {
         cfg.activation = a;

@@ -1,0 +1,326 @@
+//! Builds the reference: BitNet.cpp's llama.cpp fork (ggml + libllama) and its I2_S kernels,
+//! compiled with `cc` straight from the sources that crates.io package `bitnet-cpp-sys` 0.0.5
+//! ships (its own build script, cmake and bindgen are never used), plus our C++ shim.
+//!
+//! The sources are taken from the cargo registry (`cargo fetch` puts them there: the crate is an
+//! optional dependency that no feature enables). Before use, the downloaded `.crate` must have
+//! the pinned sha256 and the unpacked files we compile must have the pinned digest. No network.
+//!
+//! The vendored library is always built with -O3 -march=native (a debug-built ggml is unusably
+//! slow) and does not depend on the cargo profile, so it is cached under the target directory
+//! keyed by source digest, flags and compiler: dev, test, release and clippy share one build.
+
+use sha2::{Digest, Sha256};
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const PKG: &str = "bitnet-cpp-sys-0.0.5";
+/// sha256 of `bitnet-cpp-sys-0.0.5.crate` (equals its `checksum` in Cargo.lock).
+const CRATE_SHA256: &str = "be00ca9092d4cd9c30967e8fa3c001b15d1398d021423f0524afb86c00af51f7";
+/// Digest of the unpacked files we compile or include (see `source_digest`).
+const SOURCE_DIGEST: &str = "dd5845e527e58d96ab11d6c9adf9c76ae4acbb5d75cfe0087b69c72f10c74b50";
+
+const LLAMA: &str = "bitnet/3rdparty/llama.cpp";
+
+const C_SOURCES: &[&str] = &[
+    "ggml/src/ggml.c",
+    "ggml/src/ggml-quants.c",
+    "ggml/src/ggml-aarch64.c",
+    "ggml/src/ggml-alloc.c",
+];
+const CXX_SOURCES: &[&str] = &[
+    "ggml/src/ggml-backend.cpp",
+    // The fork's CMake builds llama.cpp as a subdirectory, where GGML_LLAMAFILE defaults to ON:
+    // F32/F16 products (the lm_head) go through tinyBLAS.
+    "ggml/src/llamafile/sgemm.cpp",
+    "src/llama.cpp",
+    "src/llama-vocab.cpp",
+    "src/llama-grammar.cpp",
+    "src/llama-sampling.cpp",
+    "src/unicode.cpp",
+    "src/unicode-data.cpp",
+];
+/// Relative to `bitnet/`. ggml-bitnet-lut.cpp (TL1/TL2) is left out: it includes a generated
+/// `bitnet-lut-kernels.h` for fixed matrix shapes. Without GGML_BITNET_ARM_TL1/X86_TL2 neither
+/// ggml.c nor llama.cpp calls into it, and I2_S needs no init.
+const BITNET_SOURCES: &[&str] = &["src/ggml-bitnet-mad.cpp"];
+
+/// Include directories relative to the llama.cpp fork, then relative to `bitnet/`.
+const LLAMA_INCLUDES: &[&str] = &["ggml/include", "ggml/src", "include", "src"];
+const BITNET_INCLUDES: &[&str] = &["include"];
+
+/// Defines of the fork's CMake for a Release, native, I2_S x86 Linux build without OpenMP.
+/// GGML_BITNET_X86_TL2 is deliberately absent (it replaces I2_S by TL2).
+const DEFINES: &[(&str, Option<&str>)] = &[
+    ("NDEBUG", None),
+    ("_XOPEN_SOURCE", Some("600")),
+    ("_GNU_SOURCE", None),
+    ("GGML_SCHED_MAX_COPIES", Some("4")),
+    ("GGML_USE_LLAMAFILE", None),
+];
+/// Flags for every file. -ffp-contract=off: no a*b+c fusion the source did not write (gcc's
+/// default for non-ISO modes is "fast", which could fuse e.g. the activation rounding
+/// `x*s + 12582912.f`; clang, which the fork's setup uses, only fuses within one expression).
+const COMMON_FLAGS: &[&str] = &["-march=native", "-pthread", "-ffp-contract=off", "-w"];
+const C_FLAGS: &[&str] = &["-std=c11"];
+/// The fork's CMake adds -fpermissive for GCC.
+const CXX_FLAGS: &[&str] = &["-std=c++17", "-fpermissive"];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=shim/shim.cpp");
+    println!("cargo:rerun-if-env-changed=CARGO_HOME");
+
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let root = match locate_and_verify() {
+        Ok(r) => r,
+        Err(msg) => panic!("\n\nbitnet-crossval: {msg}\n\n"),
+    };
+    let llama = root.join(LLAMA);
+    let bitnet = root.join("bitnet");
+    let includes: Vec<PathBuf> = LLAMA_INCLUDES
+        .iter()
+        .map(|d| llama.join(d))
+        .chain(BITNET_INCLUDES.iter().map(|d| bitnet.join(d)))
+        .collect();
+
+    let vendor = vendor_lib(&llama, &bitnet, &includes, &out);
+    fs::copy(&vendor, out.join("libbitnet_ref_vendor.a")).expect("copy vendor library");
+
+    // Our shim: its own small archive, linked before the vendored one.
+    let mut shim = base_build(&includes, true);
+    shim.file("shim/shim.cpp")
+        .cpp_link_stdlib(None)
+        .out_dir(out.join("shim"))
+        .compile("bx_shim");
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=bitnet_ref_vendor");
+    println!("cargo:rustc-link-lib=dylib=stdc++");
+    println!("cargo:rustc-link-lib=dylib=pthread");
+    println!("cargo:rustc-link-lib=dylib=m");
+}
+
+fn base_build(includes: &[PathBuf], cpp: bool) -> cc::Build {
+    let mut b = cc::Build::new();
+    b.cpp(cpp)
+        .opt_level(3)
+        .debug(false)
+        .warnings(false)
+        .extra_warnings(false);
+    for inc in includes {
+        b.include(inc);
+    }
+    for (k, v) in DEFINES {
+        b.define(k, *v);
+    }
+    for f in COMMON_FLAGS {
+        b.flag(f);
+    }
+    for f in if cpp { CXX_FLAGS } else { C_FLAGS } {
+        b.flag(f);
+    }
+    b
+}
+
+/// The vendored ggml + llama + I2_S archive, from the cache or freshly compiled into it.
+fn vendor_lib(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> PathBuf {
+    let key = cache_key();
+    // OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg-hash>/out
+    let cache_root = out
+        .ancestors()
+        .nth(4)
+        .map(|p| p.join("bitnet-ref-cache"))
+        .unwrap_or_else(|| out.join("bitnet-ref-cache"));
+    let dir = cache_root.join(&key[..24]);
+    let lib = dir.join("libbitnet_ref_vendor.a");
+    if lib.exists() {
+        return lib;
+    }
+
+    let t0 = Instant::now();
+    let work = out.join("vendor");
+    let c_files: Vec<PathBuf> = C_SOURCES.iter().map(|f| llama.join(f)).collect();
+    let cxx_files: Vec<PathBuf> = CXX_SOURCES
+        .iter()
+        .map(|f| llama.join(f))
+        .chain(BITNET_SOURCES.iter().map(|f| bitnet.join(f)))
+        .collect();
+    let (c_objs, cxx_objs) = std::thread::scope(|s| {
+        let c = s.spawn(|| {
+            let mut b = base_build(includes, false);
+            b.files(&c_files).out_dir(work.join("c"));
+            b.compile_intermediates()
+        });
+        let cxx = s.spawn(|| {
+            let mut b = base_build(includes, true);
+            b.files(&cxx_files).out_dir(work.join("cxx"));
+            b.compile_intermediates()
+        });
+        (
+            c.join().expect("C compilation panicked"),
+            cxx.join().expect("C++ compilation panicked"),
+        )
+    });
+    cc::Build::new()
+        .objects(c_objs.iter().chain(cxx_objs.iter()))
+        .cargo_metadata(false)
+        .out_dir(&work)
+        .compile("bitnet_ref_vendor");
+
+    // Publish atomically: concurrent builds (other profiles) may race for the same key.
+    fs::create_dir_all(&dir).expect("create reference cache dir");
+    let tmp = dir.join(format!("lib.{}.tmp", std::process::id()));
+    fs::copy(work.join("libbitnet_ref_vendor.a"), &tmp).expect("copy to cache");
+    fs::rename(&tmp, &lib).expect("publish cached reference library");
+    println!(
+        "cargo:warning=compiled the BitNet.cpp reference (ggml + llama + I2_S) in {:.0} s (cached in {})",
+        t0.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    lib
+}
+
+/// Everything the compiled archive depends on besides the (verified) sources.
+fn cache_key() -> String {
+    let mut h = Sha256::new();
+    h.update(SOURCE_DIGEST.as_bytes());
+    h.update(format!(
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        C_SOURCES, CXX_SOURCES, BITNET_SOURCES, DEFINES, COMMON_FLAGS, C_FLAGS, CXX_FLAGS, 3
+    ));
+    h.update(env::var("TARGET").unwrap_or_default());
+    for cpp in [false, true] {
+        let compiler = cc::Build::new().cpp(cpp).get_compiler();
+        h.update(compiler.path().to_string_lossy().as_bytes());
+        if let Ok(o) = Command::new(compiler.path()).arg("--version").output() {
+            h.update(&o.stdout);
+        }
+        // What -march=native means on this machine.
+        if let Ok(o) = Command::new(compiler.path())
+            .args(["-march=native", "-dM", "-E", "-x", "c", "/dev/null"])
+            .output()
+        {
+            h.update(&o.stdout);
+        }
+    }
+    hex(&h.finalize())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// Finds `<registry dir>/<index>/<PKG>{,.crate}` entries under `$CARGO_HOME/registry/{src,cache}`.
+fn find_in_registry(home: &Path, kind: &str, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(rd) = fs::read_dir(home.join("registry").join(kind)) {
+        for e in rd.flatten() {
+            let p = e.path().join(name);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn locate_and_verify() -> Result<PathBuf, String> {
+    let fetch = "run `cargo fetch` in the workspace (needs network access to crates.io) so that \
+                 cargo downloads and unpacks bitnet-cpp-sys 0.0.5; this build script never uses \
+                 the network";
+    let home =
+        cargo_home().ok_or_else(|| format!("neither CARGO_HOME nor HOME is set; {fetch}"))?;
+    let crates = find_in_registry(&home, "cache", &format!("{PKG}.crate"));
+    if crates.is_empty() {
+        return Err(format!(
+            "{PKG}.crate not found under {}/registry/cache/*/: {fetch}",
+            home.display()
+        ));
+    }
+    let mut ok_crate = false;
+    let mut seen = Vec::new();
+    for c in &crates {
+        let bytes = fs::read(c).map_err(|e| format!("reading {}: {e}", c.display()))?;
+        let got = hex(&Sha256::digest(&bytes));
+        if got == CRATE_SHA256 {
+            ok_crate = true;
+        } else {
+            seen.push(format!("{} has sha256 {got}", c.display()));
+        }
+    }
+    if !ok_crate {
+        return Err(format!(
+            "integrity check failed: expected sha256 {CRATE_SHA256} for {PKG}.crate, but {}. \
+             Delete it and {fetch}",
+            seen.join("; ")
+        ));
+    }
+    let srcs = find_in_registry(&home, "src", PKG);
+    if srcs.is_empty() {
+        return Err(format!(
+            "unpacked sources {}/registry/src/*/{PKG}/ not found: {fetch}",
+            home.display()
+        ));
+    }
+    let mut digests = Vec::new();
+    for s in &srcs {
+        let d = source_digest(s)?;
+        if d == SOURCE_DIGEST {
+            return Ok(s.clone());
+        }
+        digests.push(format!("{} has digest {d}", s.display()));
+    }
+    Err(format!(
+        "integrity check failed: the unpacked sources differ from the pinned ones (expected \
+         digest {SOURCE_DIGEST}; {}). Delete that directory and {fetch}",
+        digests.join("; ")
+    ))
+}
+
+/// sha256 over (relative path, length, contents) of every file in the directories we compile
+/// from or include, in sorted order.
+fn source_digest(root: &Path) -> Result<String, String> {
+    let dirs = [
+        format!("{LLAMA}/ggml/include"),
+        format!("{LLAMA}/ggml/src"),
+        format!("{LLAMA}/ggml/src/llamafile"),
+        format!("{LLAMA}/include"),
+        format!("{LLAMA}/src"),
+        "bitnet/include".to_string(),
+        "bitnet/src".to_string(),
+    ];
+    let mut files = Vec::new();
+    for d in &dirs {
+        let rd = fs::read_dir(root.join(d)).map_err(|e| format!("{}/{d}: {e}", root.display()))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            let is_src = matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("c" | "cpp" | "h" | "hpp")
+            );
+            if p.is_file() && is_src {
+                files.push(format!("{d}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let bytes = fs::read(root.join(f)).map_err(|e| format!("{f}: {e}"))?;
+        h.update(f.as_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(hex(&h.finalize()))
+}

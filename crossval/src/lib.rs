@@ -1,0 +1,433 @@
+//! Cross-validation harness: the reference BitNet b1.58 implementation (Microsoft's BitNet.cpp
+//! and its llama.cpp fork, from the pinned crates.io sources of `bitnet-cpp-sys` 0.0.5, compiled
+//! by this crate's build script with -O3 -march=native) behind a small safe API.
+//! [`RefModel`] loads a GGUF with the reference's libllama and returns the logits of every
+//! position; [`i2s_matmul`] multiplies an I2_S matrix through the reference's ggml `mul_mat`.
+//! Used by tests to compare the engine with the reference, token by token and bit by bit.
+
+use std::ffi::{c_char, c_int, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::time::Duration;
+
+mod ffi {
+    use std::ffi::{c_char, c_double, c_int};
+
+    #[repr(C)]
+    pub struct BxModel {
+        _private: [u8; 0],
+    }
+
+    extern "C" {
+        pub fn bx_load(
+            path: *const c_char,
+            n_ctx: c_int,
+            n_threads: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut BxModel;
+        pub fn bx_load_vocab(path: *const c_char, err: *mut c_char, err_len: usize)
+            -> *mut BxModel;
+        pub fn bx_free(m: *mut BxModel);
+        pub fn bx_n_vocab(m: *const BxModel) -> c_int;
+        pub fn bx_n_ctx(m: *const BxModel) -> c_int;
+        pub fn bx_set_threads(m: *mut BxModel, n: c_int) -> c_int;
+        pub fn bx_tokenize(
+            m: *const BxModel,
+            text: *const c_char,
+            add_special: c_int,
+            parse_special: c_int,
+            out: *mut i32,
+            cap: c_int,
+        ) -> c_int;
+        pub fn bx_detokenize(
+            m: *const BxModel,
+            tokens: *const i32,
+            n: c_int,
+            remove_special: c_int,
+            unparse_special: c_int,
+            out: *mut c_char,
+            cap: c_int,
+        ) -> c_int;
+        pub fn bx_reset(m: *mut BxModel);
+        pub fn bx_n_past(m: *const BxModel) -> c_int;
+        pub fn bx_decode(
+            m: *mut BxModel,
+            tokens: *const i32,
+            n: c_int,
+            batch: c_int,
+            logits_out: *mut f32,
+            seconds: *mut c_double,
+        ) -> c_int;
+        pub fn bx_i2s_matmul(
+            w_i2s: *const u8,
+            rows: c_int,
+            cols: c_int,
+            x: *const f32,
+            n: c_int,
+            out: *mut f32,
+            n_threads: c_int,
+            seconds: *mut c_double,
+        ) -> c_int;
+    }
+}
+
+/// Errors from the reference.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    #[error("reference failed to load {path}: {msg}")]
+    Load { path: String, msg: String },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("{needed} tokens do not fit the reference's context of {n_ctx}")]
+    ContextFull { needed: usize, n_ctx: usize },
+    #[error("reference {what} failed with code {code}")]
+    Failed { what: &'static str, code: i32 },
+}
+
+/// Serialises model loading and context creation (llama.cpp's loader touches process-wide state:
+/// logging, backend registration).
+static LOAD_LOCK: Mutex<()> = Mutex::new(());
+
+fn c_len(n: usize, what: &str) -> Result<c_int, RefError> {
+    c_int::try_from(n).map_err(|_| RefError::Invalid(format!("{what} {n} is too large")))
+}
+
+/// A GGUF model loaded by the reference's libllama, with its own context (KV cache).
+pub struct RefModel {
+    ptr: NonNull<ffi::BxModel>,
+    n_vocab: usize,
+    n_ctx: usize,
+}
+
+// The model and its context are owned exclusively by this value; llama.cpp allows using them
+// from any one thread at a time.
+unsafe impl Send for RefModel {}
+
+impl Drop for RefModel {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from bx_load and is freed exactly once.
+        unsafe { ffi::bx_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for RefModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RefModel(n_vocab {}, n_ctx {})",
+            self.n_vocab, self.n_ctx
+        )
+    }
+}
+
+impl RefModel {
+    /// Loads `path` with a context of `n_ctx` tokens evaluated by `threads` threads.
+    pub fn load(path: &Path, n_ctx: usize, threads: usize) -> Result<Self, RefError> {
+        let load_err = |msg: String| RefError::Load {
+            path: path.display().to_string(),
+            msg,
+        };
+        let cpath = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| load_err("path contains a NUL byte".into()))?;
+        if n_ctx == 0 || threads == 0 {
+            return Err(RefError::Invalid(
+                "n_ctx and threads must be positive".into(),
+            ));
+        }
+        let mut err = vec![0u8; 2048];
+        let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: valid NUL-terminated path and an error buffer of err.len() bytes.
+        let p = unsafe {
+            ffi::bx_load(
+                cpath.as_ptr(),
+                c_len(n_ctx, "n_ctx")?,
+                c_len(threads, "threads")?,
+                err.as_mut_ptr() as *mut c_char,
+                err.len(),
+            )
+        };
+        let Some(ptr) = NonNull::new(p) else {
+            let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+            return Err(load_err(
+                String::from_utf8_lossy(&err[..end]).trim().to_string(),
+            ));
+        };
+        // SAFETY: ptr is a live model.
+        let (n_vocab, n_ctx) =
+            unsafe { (ffi::bx_n_vocab(ptr.as_ptr()), ffi::bx_n_ctx(ptr.as_ptr())) };
+        Ok(RefModel {
+            ptr,
+            n_vocab: n_vocab.max(0) as usize,
+            n_ctx: n_ctx.max(0) as usize,
+        })
+    }
+
+    /// Loads only the vocabulary of `path` (e.g. llama.cpp's vocab-only GGUFs): tokenize and
+    /// detokenize work; evaluation returns an error.
+    pub fn load_vocab(path: &Path) -> Result<Self, RefError> {
+        let load_err = |msg: String| RefError::Load {
+            path: path.display().to_string(),
+            msg,
+        };
+        let cpath = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| load_err("path contains a NUL byte".into()))?;
+        let mut err = vec![0u8; 2048];
+        let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: valid NUL-terminated path and an error buffer of err.len() bytes.
+        let p = unsafe {
+            ffi::bx_load_vocab(cpath.as_ptr(), err.as_mut_ptr() as *mut c_char, err.len())
+        };
+        let Some(ptr) = NonNull::new(p) else {
+            let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+            return Err(load_err(
+                String::from_utf8_lossy(&err[..end]).trim().to_string(),
+            ));
+        };
+        // SAFETY: ptr is a live model.
+        let n_vocab = unsafe { ffi::bx_n_vocab(ptr.as_ptr()) };
+        Ok(RefModel {
+            ptr,
+            n_vocab: n_vocab.max(0) as usize,
+            n_ctx: 0,
+        })
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// The reference tokenizer (`llama_tokenize`).
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, RefError> {
+        let ctext =
+            CString::new(text).map_err(|_| RefError::Invalid("text contains a NUL byte".into()))?;
+        let mut out = vec![0i32; text.len() + 8];
+        for _ in 0..2 {
+            // SAFETY: out has out.len() slots.
+            let n = unsafe {
+                ffi::bx_tokenize(
+                    self.ptr.as_ptr(),
+                    ctext.as_ptr(),
+                    add_special as c_int,
+                    parse_special as c_int,
+                    out.as_mut_ptr(),
+                    c_len(out.len(), "token capacity")?,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out.into_iter().map(|t| t as u32).collect());
+            }
+            out.resize((-n) as usize, 0);
+        }
+        Err(RefError::Failed {
+            what: "llama_tokenize",
+            code: -1,
+        })
+    }
+
+    /// The reference detokenizer (`llama_detokenize`), lossy for invalid UTF-8.
+    pub fn detokenize(
+        &self,
+        tokens: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<String, RefError> {
+        let ids = self.check_tokens(tokens)?;
+        let mut out = vec![0u8; tokens.len() * 16 + 16];
+        for _ in 0..2 {
+            // SAFETY: ids has ids.len() tokens, out has out.len() bytes.
+            let n = unsafe {
+                ffi::bx_detokenize(
+                    self.ptr.as_ptr(),
+                    ids.as_ptr(),
+                    c_len(ids.len(), "token count")?,
+                    remove_special as c_int,
+                    unparse_special as c_int,
+                    out.as_mut_ptr() as *mut c_char,
+                    c_len(out.len(), "text capacity")?,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.resize((-n) as usize, 0);
+        }
+        Err(RefError::Failed {
+            what: "llama_detokenize",
+            code: -1,
+        })
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<Vec<i32>, RefError> {
+        tokens
+            .iter()
+            .map(|&t| {
+                if (t as usize) < self.n_vocab {
+                    Ok(t as i32)
+                } else {
+                    Err(RefError::Invalid(format!(
+                        "token {t} is outside the vocabulary of {}",
+                        self.n_vocab
+                    )))
+                }
+            })
+            .collect()
+    }
+
+    /// Logits of every position of `tokens` (row-major, `tokens.len() * n_vocab`), from an empty
+    /// KV cache, feeding the tokens one at a time (`batch = false`) or as one batch.
+    pub fn logits(&mut self, tokens: &[u32], batch: bool) -> Result<Vec<f32>, RefError> {
+        Ok(self.logits_timed(tokens, batch)?.0)
+    }
+
+    /// [`RefModel::logits`] plus the time spent in the reference.
+    pub fn logits_timed(
+        &mut self,
+        tokens: &[u32],
+        batch: bool,
+    ) -> Result<(Vec<f32>, Duration), RefError> {
+        self.reset();
+        self.append_timed(tokens, batch)
+    }
+
+    /// Empties the KV cache.
+    pub fn reset(&mut self) {
+        // SAFETY: live model, exclusive access.
+        unsafe { ffi::bx_reset(self.ptr.as_ptr()) }
+    }
+
+    /// Tokens currently in the KV cache.
+    pub fn n_past(&self) -> usize {
+        // SAFETY: live model.
+        unsafe { ffi::bx_n_past(self.ptr.as_ptr()) }.max(0) as usize
+    }
+
+    /// Evaluates `tokens` after those already in the KV cache; returns their logits.
+    pub fn append(&mut self, tokens: &[u32], batch: bool) -> Result<Vec<f32>, RefError> {
+        Ok(self.append_timed(tokens, batch)?.0)
+    }
+
+    fn append_timed(
+        &mut self,
+        tokens: &[u32],
+        batch: bool,
+    ) -> Result<(Vec<f32>, Duration), RefError> {
+        if tokens.is_empty() {
+            return Ok((Vec::new(), Duration::ZERO));
+        }
+        let ids = self.check_tokens(tokens)?;
+        let needed = self.n_past() + ids.len();
+        if needed > self.n_ctx {
+            return Err(RefError::ContextFull {
+                needed,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let mut out = vec![0f32; ids.len() * self.n_vocab];
+        let mut secs = 0f64;
+        // SAFETY: ids has ids.len() tokens; out has room for ids.len() * n_vocab logits.
+        let code = unsafe {
+            ffi::bx_decode(
+                self.ptr.as_ptr(),
+                ids.as_ptr(),
+                c_len(ids.len(), "token count")?,
+                batch as c_int,
+                out.as_mut_ptr(),
+                &mut secs,
+            )
+        };
+        if code != 0 {
+            return Err(RefError::Failed {
+                what: "llama_decode",
+                code,
+            });
+        }
+        Ok((out, Duration::from_secs_f64(secs)))
+    }
+
+    /// Threads for both one-token and batch evaluation.
+    pub fn set_threads(&mut self, n: usize) {
+        let n = c_int::try_from(n.max(1)).unwrap_or(c_int::MAX);
+        // SAFETY: live model, exclusive access.
+        unsafe { ffi::bx_set_threads(self.ptr.as_ptr(), n) };
+    }
+}
+
+/// The reference's I2_S matrix product: `out[t * rows + r] = W[r] . x[t * cols..]`, computed by
+/// ggml `mul_mat` of W (I2_S, ne = [cols, rows]) and X (F32, ne = [cols, n]) on `threads`
+/// threads. `w` is the packed tensor: `rows * cols / 4` code bytes, the f32 scale, padding to
+/// `rows * cols / 4 + 32` bytes. `cols` must be a multiple of 128.
+pub fn i2s_matmul(
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    threads: usize,
+) -> Result<Vec<f32>, RefError> {
+    Ok(i2s_matmul_timed(w, rows, cols, x, n, threads)?.0)
+}
+
+/// [`i2s_matmul`] plus the time of the graph computation alone.
+pub fn i2s_matmul_timed(
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    threads: usize,
+) -> Result<(Vec<f32>, Duration), RefError> {
+    if rows == 0 || n == 0 || threads == 0 || cols == 0 || !cols.is_multiple_of(128) {
+        return Err(RefError::Invalid(format!(
+            "I2_S product needs rows, n, threads > 0 and cols a multiple of 128 (rows {rows}, \
+             cols {cols}, n {n}, threads {threads})"
+        )));
+    }
+    if w.len() != rows * cols / 4 + 32 {
+        return Err(RefError::Invalid(format!(
+            "I2_S tensor of {rows}x{cols} has {} bytes, expected {}",
+            w.len(),
+            rows * cols / 4 + 32
+        )));
+    }
+    if x.len() != n * cols {
+        return Err(RefError::Invalid(format!(
+            "activations have {} values, expected {n} x {cols}",
+            x.len()
+        )));
+    }
+    let mut out = vec![0f32; rows * n];
+    let mut secs = 0f64;
+    // SAFETY: buffer sizes checked above.
+    let code = unsafe {
+        ffi::bx_i2s_matmul(
+            w.as_ptr(),
+            c_len(rows, "rows")?,
+            c_len(cols, "cols")?,
+            x.as_ptr(),
+            c_len(n, "n")?,
+            out.as_mut_ptr(),
+            c_len(threads, "threads")?,
+            &mut secs,
+        )
+    };
+    if code != 0 {
+        return Err(RefError::Failed {
+            what: "ggml mul_mat (I2_S)",
+            code,
+        });
+    }
+    Ok((out, Duration::from_secs_f64(secs)))
+}

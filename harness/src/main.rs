@@ -1,0 +1,192 @@
+use bitnet_validate::crossval::{self, Mode};
+use bitnet_validate::gates::{self, Context, GatesFile};
+use bitnet_validate::{report, runners};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Exit codes: 0 all required gates passed, 1 a required gate failed (or crossval failed),
+/// 2 usage or configuration error.
+#[derive(Parser)]
+#[command(
+    name = "bitnet-validate",
+    version,
+    about = "Validation gates for the bitnet engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compare the engine with BitNet.cpp on one model (teacher-forced logits, greedy tokens, NLL).
+    Crossval {
+        #[arg(short, long)]
+        model: PathBuf,
+        /// One prompt per line (default: a built-in set).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "seq")]
+        mode: Mode,
+        /// Sequence length per prompt (prompt + greedy continuation).
+        #[arg(long, default_value_t = 101)]
+        tokens: usize,
+        #[arg(long, default_value_t = 0.5)]
+        near_tie: f64,
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run the gates of a gates file and write JUnit XML, a JSON summary and a Markdown table.
+    Gates {
+        #[arg(long, default_value = "ci/gates.toml")]
+        config: PathBuf,
+        /// Only gates whose id contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Where reports and built models go.
+        #[arg(long, default_value = "target/bitnet-validate")]
+        out: PathBuf,
+        #[arg(short, long)]
+        threads: Option<usize>,
+    },
+}
+
+fn main() {
+    let code = match Cli::try_parse() {
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                2
+            } else {
+                0
+            }
+        }
+        Ok(cli) => match run(cli.cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn threads(t: Option<usize>) -> usize {
+    t.unwrap_or(bitnet::env::get().threads).max(1)
+}
+
+fn run(cmd: Cmd) -> Result<i32, String> {
+    match cmd {
+        Cmd::Crossval {
+            model,
+            prompts,
+            mode,
+            tokens,
+            near_tie,
+            threads: t,
+            json,
+        } => {
+            let prompts = match prompts {
+                None => crossval::DEFAULT_PROMPTS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                Some(p) => std::fs::read_to_string(&p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            };
+            let mut m = bitnet::model::Model::load(&model).map_err(|e| e.to_string())?;
+            m.threads = threads(t);
+            let tok =
+                bitnet::tokenizer::Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
+            let ctx = tokens.max(64).min(m.config.context_length);
+            let mut reference = bitnet_crossval::RefModel::load(&model, ctx, m.threads)
+                .map_err(|e| e.to_string())?;
+            let opts = crossval::Options {
+                mode,
+                tokens,
+                prompts,
+                near_tie,
+            };
+            let r = crossval::run(
+                &m,
+                &tok,
+                &mut reference,
+                runners::model_info(&m, &model)?,
+                &opts,
+            )?;
+            print!("{}", crossval::table(&r));
+            if let Some(path) = json {
+                write(
+                    &path,
+                    &serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?,
+                )?;
+            }
+            Ok(if r.aggregate.greedy_ok { 0 } else { 1 })
+        }
+        Cmd::Gates {
+            config,
+            filter,
+            out,
+            threads: t,
+        } => {
+            let file = GatesFile::load(&config)?;
+            let data = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let ctx = Context {
+                shared: bitnet::env::get().shared.clone(),
+                work: out.clone(),
+                data,
+                threads: threads(t),
+            };
+            let selected: Vec<_> = file
+                .gates
+                .iter()
+                .filter(|g| filter.as_deref().is_none_or(|f| g.id.contains(f)))
+                .collect();
+            if selected.is_empty() {
+                return Err(format!("no gate matches {:?}", filter.unwrap_or_default()));
+            }
+            let mut outcomes = Vec::new();
+            for g in selected {
+                eprintln!("gate {} ...", g.id);
+                let o = gates::run_gate(g, &ctx);
+                eprintln!(
+                    "  {} ({:.1}s): {}",
+                    if o.passed { "pass" } else { "FAIL" },
+                    o.seconds,
+                    o.message
+                );
+                outcomes.push(o);
+            }
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            write(&out.join("junit.xml"), &report::junit(&outcomes))?;
+            write(
+                &out.join("summary.json"),
+                &serde_json::to_string_pretty(&report::summary(&outcomes))
+                    .map_err(|e| e.to_string())?,
+            )?;
+            let md = report::markdown(&outcomes);
+            write(&out.join("summary.md"), &md)?;
+            print!("{md}");
+            Ok(if report::summary(&outcomes).required_failed > 0 {
+                1
+            } else {
+                0
+            })
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

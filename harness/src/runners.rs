@@ -1,0 +1,256 @@
+//! What each gate kind measures. Every runner returns a one-line summary and a JSON object of
+//! measurements that the gate's thresholds are checked against.
+
+use crate::crossval::{self, Mode, ModelInfo, Options};
+use crate::gates::{Context, Gate};
+use bitnet::gguf::Gguf;
+use bitnet::model::Model;
+use bitnet::quant::matmul::{KernelStats, Weight};
+use bitnet::quant::{i2s, TensorType};
+use bitnet::sample::Rng;
+use bitnet::tokenizer::Tokenizer;
+use bitnet_crossval::RefModel;
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+
+pub type RunResult = Result<(String, Json), String>;
+
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn input_str<'a>(g: &'a Gate, key: &str) -> Option<&'a str> {
+    g.inputs.get(key).and_then(|v| v.as_str())
+}
+fn input_int(g: &Gate, key: &str, default: i64) -> Result<i64, String> {
+    match g.inputs.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_integer()
+            .ok_or_else(|| format!("input {key} must be an integer")),
+    }
+}
+
+pub fn model_info(model: &Model, path: &Path) -> Result<ModelInfo, String> {
+    Ok(ModelInfo {
+        path: path.display().to_string(),
+        sha256: sha256_file(path)?,
+        arch: model.config.arch.clone(),
+        vocab: model.config.vocab_size,
+        layers: model.config.n_layers,
+        hidden: model.config.dim,
+    })
+}
+
+/// Options of a crossval gate from its inputs.
+pub fn crossval_options(g: &Gate) -> Result<Options, String> {
+    let mode = match input_str(g, "mode").unwrap_or("seq") {
+        "seq" => Mode::Seq,
+        "batch" => Mode::Batch,
+        m => return Err(format!("mode {m:?} (seq or batch)")),
+    };
+    let prompts = match g.inputs.get("prompts") {
+        None => crossval::DEFAULT_PROMPTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(v) => v
+            .as_array()
+            .ok_or("prompts must be an array of strings")?
+            .iter()
+            .map(|p| {
+                p.as_str()
+                    .map(str::to_string)
+                    .ok_or("prompts must be strings")
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let near_tie = match g.inputs.get("near_tie") {
+        None => 0.5,
+        Some(v) => v.as_float().ok_or("near_tie must be a number")?,
+    };
+    Ok(Options {
+        mode,
+        tokens: input_int(g, "tokens", 101)? as usize,
+        prompts,
+        near_tie,
+    })
+}
+
+pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
+    let spec = g.model.as_ref().ok_or("a crossval gate needs a model")?;
+    let path = spec.materialize(ctx)?;
+    let mut model = Model::load(&path).map_err(|e| e.to_string())?;
+    model.threads = ctx.threads;
+    let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
+    let opts = crossval_options(g)?;
+    let ctx_len = opts.tokens.max(64).min(model.config.context_length);
+    let mut reference = RefModel::load(&path, ctx_len, ctx.threads).map_err(|e| e.to_string())?;
+    let report = crossval::run(
+        &model,
+        &tok,
+        &mut reference,
+        model_info(&model, &path)?,
+        &opts,
+    )?;
+    let dir = ctx.work.join("reports");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(format!("{}.json", g.id)), json).map_err(|e| e.to_string())?;
+    let mut m = serde_json::to_value(&report.aggregate).map_err(|e| e.to_string())?;
+    m["tokenizer_match"] = json!(report.prompts.iter().all(|p| p.tokenizer_match));
+    if let Some(n) = &report.reference_self {
+        // The reference's own batch-vs-sequential disagreement, measured in the same run.
+        m["reference_self_cosine_min"] = json!(n.cosine_min);
+        m["reference_self_max_abs_diff"] = json!(n.max_abs_diff);
+        m["reference_self_top1_agreement"] = json!(n.top1_agreement);
+    }
+    let a = &report.aggregate;
+    let summary = format!(
+        "{} positions: top-1 {:.1}%, cosine min {:.6}, max |d| {:.4}, dNLL {:+.5}, greedy {}",
+        a.positions,
+        a.top1_agreement * 100.0,
+        a.cosine_min,
+        a.max_abs_diff,
+        a.nll_delta,
+        if a.greedy_ok { "ok" } else { "diverged" }
+    );
+    Ok((summary, m))
+}
+
+/// Our I2_S matmul vs the reference's on random shapes: every output bit must match.
+pub fn kernel(g: &Gate, _ctx: &Context) -> RunResult {
+    let shapes = input_int(g, "shapes", 64)? as usize;
+    let seed = input_int(g, "seed", 1)? as u64;
+    let mut rng = Rng::new(seed);
+    let (mut mismatched_shapes, mut max_d, mut elements) = (0usize, 0f64, 0usize);
+    let mut first_failure = None;
+    for i in 0..shapes {
+        let rows = 1 + rng.below(96) as usize;
+        let cols = 128 * (1 + rng.below(6) as usize);
+        let n = if i % 2 == 0 {
+            1
+        } else {
+            2 + rng.below(15) as usize
+        };
+        let threads = 1 + (i % 2);
+        let values: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
+        let scale = 0.01 + rng.next_f64() as f32;
+        let magnitude = [1e-3, 1.0, 50.0][i % 3];
+        let x: Vec<f32> = (0..n * cols)
+            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * magnitude) as f32)
+            .collect();
+        let bytes = i2s::pack(&values, rows, cols, scale).map_err(|e| e.to_string())?;
+        let theirs = bitnet_crossval::i2s_matmul(&bytes, rows, cols, &x, n, threads)
+            .map_err(|e| e.to_string())?;
+        let ours = engine_matmul(bytes, rows, cols, &x, n, threads)?;
+        elements += ours.len();
+        let bad = ours
+            .iter()
+            .zip(&theirs)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        for (a, b) in ours.iter().zip(&theirs) {
+            max_d = max_d.max((*a as f64 - *b as f64).abs());
+        }
+        if bad > 0 {
+            mismatched_shapes += 1;
+            first_failure.get_or_insert(format!(
+                "{rows}x{cols} n={n} threads={threads}: {bad} elements differ"
+            ));
+        }
+    }
+    let summary = match &first_failure {
+        None => format!("{shapes} random shapes, {elements} outputs, all bit-exact"),
+        Some(f) => format!("{mismatched_shapes}/{shapes} shapes differ; first: {f}"),
+    };
+    Ok((
+        summary,
+        json!({"shapes": shapes, "mismatched_shapes": mismatched_shapes, "elements": elements, "max_abs_diff": max_d}),
+    ))
+}
+
+/// The engine's I2_S product through the same path the model uses.
+pub fn engine_matmul(
+    bytes: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    let mut w = bitnet::gguf::GgufWriter::new();
+    w.tensor("w", &[cols as u64, rows as u64], TensorType::I2S);
+    let file = w
+        .to_bytes(|_, out| out.write_all(&bytes))
+        .map_err(|e| e.to_string())?;
+    let g = Arc::new(Gguf::from_bytes(file).map_err(|e| e.to_string())?);
+    let t = g.tensor("w").ok_or("tensor w")?.clone();
+    let weight = Weight::new(&g, &t).map_err(|e| e.to_string())?;
+    let mut out = vec![0f32; n * rows];
+    weight.matmul(x, n, &mut out, threads, &KernelStats::default());
+    Ok(out)
+}
+
+/// Our tokenizer vs the reference's on every case of a corpus (cases separated by lines
+/// holding only `---`), with and without special-token parsing.
+pub fn tokenizer(g: &Gate, ctx: &Context) -> RunResult {
+    let vocab_path = match (&g.model, input_str(g, "vocab")) {
+        (Some(spec), _) => spec.materialize(ctx)?,
+        (None, Some(v)) => ctx.shared.join(v),
+        (None, None) => return Err("a tokenizer gate needs a model or a vocab input".into()),
+    };
+    let corpus_path = ctx
+        .data
+        .join(input_str(g, "corpus").unwrap_or("tokenizer-corpus.txt"));
+    let corpus = std::fs::read_to_string(&corpus_path)
+        .map_err(|e| format!("{}: {e}", corpus_path.display()))?;
+    let cases: Vec<&str> = corpus.split("\n---\n").collect();
+    let file = Gguf::open(&vocab_path).map_err(|e| e.to_string())?;
+    let ours = Tokenizer::from_gguf(&file).map_err(|e| e.to_string())?;
+    let theirs = RefModel::load_vocab(&vocab_path).map_err(|e| e.to_string())?;
+    let (mut mismatches, mut roundtrip_failures, mut compared) = (0usize, 0usize, 0usize);
+    let mut first = None;
+    for case in &cases {
+        for (add, special) in [(false, false), (true, false), (true, true)] {
+            let a = ours.encode(case, add, special);
+            let b = theirs
+                .tokenize(case, add, special)
+                .map_err(|e| e.to_string())?;
+            compared += 1;
+            if a != b {
+                mismatches += 1;
+                first.get_or_insert(format!(
+                    "{case:?} (bos {add}, special {special}): ours {a:?} reference {b:?}"
+                ));
+            }
+        }
+        let ids = ours.encode(case, false, false);
+        if ours.decode(&ids).map_err(|e| e.to_string())? != *case {
+            roundtrip_failures += 1;
+        }
+    }
+    let summary = match &first {
+        None => format!("{} cases x 3 settings identical to the reference; {roundtrip_failures} round-trip failures", cases.len()),
+        Some(f) => format!("{mismatches}/{compared} differ; first: {f}"),
+    };
+    Ok((
+        summary,
+        json!({"cases": cases.len(), "compared": compared, "mismatches": mismatches, "roundtrip_failures": roundtrip_failures}),
+    ))
+}

@@ -1,0 +1,159 @@
+//! Crossval end to end against the real reference build: the real model passes the gate's
+//! thresholds, deliberately wrong engine configurations are rejected by the same thresholds,
+//! and the report validates against its JSON schema.
+
+use bitnet::model::{Activation, Model};
+use bitnet::tokenizer::Tokenizer;
+use bitnet_crossval::RefModel;
+use bitnet_validate::crossval::{self, Report};
+use bitnet_validate::gates::{check_thresholds, Context, GatesFile};
+use bitnet_validate::models::ModelSpec;
+use bitnet_validate::runners;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn context() -> Context {
+    let shared = bitnet::env::get().shared.clone();
+    assert!(
+        shared.join("models/bitllama2c-3m/model.bin").exists(),
+        "shared data not found at {} (set BITNET_SHARED)",
+        shared.display()
+    );
+    Context {
+        shared,
+        work: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("validate"),
+        data: root().join("ci"),
+        threads: 2,
+    }
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+fn real_model() -> PathBuf {
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    ModelSpec::Llama2c {
+        weights: "i2_s".into(),
+        embedding: "f32".into(),
+    }
+    .materialize(&context())
+    .unwrap()
+}
+
+/// The thresholds of the real-model I2_S seq gate, as declared in ci/gates.toml.
+fn real_gate_thresholds() -> toml::Table {
+    let f = GatesFile::load(&root().join("ci/gates.toml")).unwrap();
+    f.gates
+        .iter()
+        .find(|g| g.id == "crossval-real-i2s-seq")
+        .expect("gate declared")
+        .thresholds
+        .clone()
+}
+
+fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
+    let path = real_model();
+    let mut model = Model::load(&path).unwrap();
+    model.threads = 2;
+    mutate(&mut model);
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let mut reference = RefModel::load(&path, 128, 2).unwrap();
+    let opts = crossval::Options {
+        mode: crossval::Mode::Seq,
+        tokens: 101,
+        prompts: vec!["Once upon a time".into()],
+        near_tie: 0.5,
+    };
+    crossval::run(
+        &model,
+        &tok,
+        &mut reference,
+        runners::model_info(&model, &path).unwrap(),
+        &opts,
+    )
+    .unwrap()
+}
+
+fn measurements(r: &Report) -> serde_json::Value {
+    let mut m = serde_json::to_value(&r.aggregate).unwrap();
+    m["tokenizer_match"] = serde_json::json!(r.prompts.iter().all(|p| p.tokenizer_match));
+    m
+}
+
+#[test]
+fn real_model_passes_and_the_report_matches_its_schema() {
+    let r = crossval_with(|_| {});
+    print!("{}", crossval::table(&r));
+    let misses = check_thresholds(&real_gate_thresholds(), &measurements(&r));
+    assert!(misses.is_empty(), "real model misses the gate: {misses:?}");
+
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/crossval-report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let doc = serde_json::to_value(&r).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "report violates its schema: {errors:?}");
+    // The schema is not vacuous: a report with a wrong mode is rejected.
+    let mut bad = doc.clone();
+    bad["mode"] = serde_json::json!("sideways");
+    assert!(!validator.is_valid(&bad));
+}
+
+#[test]
+fn gate_rejects_epsilon_1e_5() {
+    let r = crossval_with(|m| m.config.norm_eps = 1e-5);
+    let misses = check_thresholds(&real_gate_thresholds(), &measurements(&r));
+    println!("eps 1e-5: {misses:?}");
+    assert!(!misses.is_empty(), "a wrong epsilon must fail the gate");
+}
+
+#[test]
+fn gate_rejects_relu2_instead_of_silu() {
+    let r = crossval_with(|m| m.config.activation = Activation::Relu2);
+    let misses = check_thresholds(&real_gate_thresholds(), &measurements(&r));
+    println!("relu2: {misses:?}");
+    assert!(!misses.is_empty(), "a wrong activation must fail the gate");
+}
+
+#[test]
+fn synthetic_gate_rejects_relu2_instead_of_silu() {
+    let ctx = context();
+    let f = GatesFile::load(&root().join("ci/gates.toml")).unwrap();
+    let gate = f
+        .gates
+        .iter()
+        .find(|g| g.id == "crossval-synth-gqa")
+        .expect("gate declared");
+    let path = {
+        let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        gate.model.as_ref().unwrap().materialize(&ctx).unwrap()
+    };
+    let mut model = Model::load(&path).unwrap();
+    model.threads = 2;
+    model.config.activation = Activation::Relu2;
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let mut reference = RefModel::load(&path, 64, 2).unwrap();
+    let opts = runners::crossval_options(gate).unwrap();
+    let r = crossval::run(
+        &model,
+        &tok,
+        &mut reference,
+        runners::model_info(&model, &path).unwrap(),
+        &opts,
+    )
+    .unwrap();
+    let misses = check_thresholds(&gate.thresholds, &measurements(&r));
+    println!("synthetic relu2: {misses:?}");
+    assert!(
+        !misses.is_empty(),
+        "a wrong activation must fail the synthetic gate"
+    );
+}
