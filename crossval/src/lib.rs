@@ -319,7 +319,7 @@ impl RefModel {
         Ok(self.append_timed(tokens, batch)?.0)
     }
 
-    fn append_timed(
+    pub fn append_timed(
         &mut self,
         tokens: &[u32],
         batch: bool,

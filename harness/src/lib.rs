@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod models;
 pub mod report;
 pub mod runners;
+pub mod timing;

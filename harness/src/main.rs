@@ -39,6 +39,26 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Time the engine and the reference side by side on the same file (prefill and
+    /// one-token generation t/s per thread count, medians, ratios ours/reference).
+    Timing {
+        #[arg(short, long)]
+        model: PathBuf,
+        /// Prompt tokens.
+        #[arg(short, long, default_value_t = 128)]
+        prompt: usize,
+        /// Generated tokens.
+        #[arg(short = 'n', long, default_value_t = 32)]
+        gen: usize,
+        /// Thread counts, comma-separated.
+        #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run the gates of a gates file and write JUnit XML, a JSON summary and a Markdown table.
     Gates {
         #[arg(long, default_value = "ci/gates.toml")]
@@ -130,6 +150,27 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                 )?;
             }
             Ok(if r.aggregate.greedy_ok { 0 } else { 1 })
+        }
+        Cmd::Timing {
+            model,
+            prompt,
+            gen,
+            threads,
+            repeats,
+            json,
+        } => {
+            if threads.contains(&0) {
+                return Err("thread counts must be at least 1".into());
+            }
+            let rows = bitnet_validate::timing::run(&model, &threads, prompt, gen, repeats)?;
+            print!("{}", bitnet_validate::timing::table(&rows));
+            if let Some(path) = json {
+                write(
+                    &path,
+                    &serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?,
+                )?;
+            }
+            Ok(0)
         }
         Cmd::Gates {
             config,
