@@ -3,11 +3,11 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 invalid input file (GGUF,
 //! model, tokenizer or checkpoint). Every error is one line on stderr.
 
-use crate::convert::{self, synth, FloatFormat, Vocab, WeightFormat};
+use crate::convert::{self, synth, FloatFormat, WeightFormat};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions};
 use crate::gguf::Gguf;
-use crate::model::{Activation, Model, State};
+use crate::model::{Model, State};
 use crate::sample::SamplerParams;
 use crate::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -334,35 +334,31 @@ fn dispatch(cmd: Command) -> Result<()> {
             kv_heads,
         } => {
             let preset = synth::Preset::parse(&preset)?;
-            let vocab_path = match vocab {
-                Some(p) => p,
-                None => crate::env::shared_path(preset.default_vocab()).map_err(Error::Usage)?,
+            let shape = synth::ShapeOverrides {
+                dim: hidden,
+                hidden_dim: ffn,
+                n_layers: layers,
+                n_heads: heads,
+                n_kv_heads: kv_heads,
             };
-            let vocab = Vocab::from_gguf(&Gguf::open(&vocab_path)?)?;
-            let activation = match activation {
-                None => None,
-                Some(a) => Some(Activation::parse(&a).ok_or_else(|| {
-                    Error::Usage(format!("unknown activation {a:?} (silu, relu2)"))
-                })?),
-            };
-            let opts = synth::SynthOptions {
-                weights: WeightFormat::parse(&weights)?,
-                embedding: FloatFormat::parse(&embedding)?,
+            let opts = synth::SynthOptions::parse(
+                &weights,
+                &embedding,
                 seed,
-                activation,
-                shape: synth::ShapeOverrides {
-                    dim: hidden,
-                    hidden_dim: ffn,
-                    n_layers: layers,
-                    n_heads: heads,
-                    n_kv_heads: kv_heads,
-                },
-            };
+                activation.as_deref(),
+                shape,
+            )?;
             let pb = progress_bar(0, "synthesising");
-            synth::synth(preset, vocab, &opts, &output, &mut |done, total| {
-                pb.set_length(total as u64);
-                pb.set_position(done as u64);
-            })?;
+            synth::synth_file(
+                preset,
+                vocab.as_deref(),
+                &opts,
+                &output,
+                &mut |done, total| {
+                    pb.set_length(total as u64);
+                    pb.set_position(done as u64);
+                },
+            )?;
             pb.finish_and_clear();
             eprintln!("wrote {}", output.display());
             Ok(())

@@ -3,9 +3,7 @@
 //! conversion and synthesis are deterministic, so a cached file is the file.
 
 use crate::gates::Context;
-use bitnet::convert::{self, synth, FloatFormat, Vocab, WeightFormat};
-use bitnet::gguf::Gguf;
-use bitnet::model::Activation;
+use bitnet::convert::{self, synth, FloatFormat, WeightFormat};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -130,29 +128,23 @@ impl ModelSpec {
                 kv_heads,
             } => {
                 let preset = synth::Preset::parse(preset).map_err(|e| e.to_string())?;
-                let vocab_path = ctx.shared.join(preset.default_vocab());
-                let g = Gguf::open(&vocab_path).map_err(|e| e.to_string())?;
-                let vocab = Vocab::from_gguf(&g).map_err(|e| e.to_string())?;
-                let activation = match activation {
-                    None => None,
-                    Some(a) => Some(
-                        Activation::parse(a).ok_or_else(|| format!("unknown activation {a:?}"))?,
-                    ),
+                let shape = synth::ShapeOverrides {
+                    dim: *hidden,
+                    hidden_dim: *ffn,
+                    n_layers: *layers,
+                    n_heads: *heads,
+                    n_kv_heads: *kv_heads,
                 };
-                let opts = synth::SynthOptions {
-                    weights: WeightFormat::parse(weights).map_err(|e| e.to_string())?,
-                    embedding: FloatFormat::parse(embedding).map_err(|e| e.to_string())?,
-                    seed: *seed,
-                    activation,
-                    shape: synth::ShapeOverrides {
-                        dim: *hidden,
-                        hidden_dim: *ffn,
-                        n_layers: *layers,
-                        n_heads: *heads,
-                        n_kv_heads: *kv_heads,
-                    },
-                };
-                synth::synth(preset, vocab, &opts, &out, &mut |_, _| {})
+                let opts = synth::SynthOptions::parse(
+                    weights,
+                    embedding,
+                    *seed,
+                    activation.as_deref(),
+                    shape,
+                )
+                .map_err(|e| e.to_string())?;
+                let vocab = ctx.shared.join(preset.default_vocab());
+                synth::synth_file(preset, Some(&vocab), &opts, &out, &mut |_, _| {})
                     .map_err(|e| e.to_string())?;
             }
         }

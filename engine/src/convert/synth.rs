@@ -89,6 +89,48 @@ pub struct SynthOptions {
     pub shape: ShapeOverrides,
 }
 
+impl SynthOptions {
+    /// Options from their textual form (command line, gate files).
+    pub fn parse(
+        weights: &str,
+        embedding: &str,
+        seed: u64,
+        activation: Option<&str>,
+        shape: ShapeOverrides,
+    ) -> Result<Self, ConvertError> {
+        let activation = match activation {
+            None => None,
+            Some(a) => Some(Activation::parse(a).ok_or_else(|| {
+                ConvertError::Usage(format!("unknown activation {a:?} (silu, relu2)"))
+            })?),
+        };
+        Ok(SynthOptions {
+            weights: WeightFormat::parse(weights)?,
+            embedding: FloatFormat::parse(embedding)?,
+            seed,
+            activation,
+            shape,
+        })
+    }
+}
+
+/// Writes a synthetic model, taking the vocabulary from `vocab` or, by default, from the
+/// preset's tokenizer file in the shared data directory.
+pub fn synth_file(
+    preset: Preset,
+    vocab: Option<&Path>,
+    opts: &SynthOptions,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), ConvertError> {
+    let path = match vocab {
+        Some(p) => p.to_path_buf(),
+        None => crate::env::shared_path(preset.default_vocab()).map_err(ConvertError::Usage)?,
+    };
+    let vocab = Vocab::from_gguf(&crate::gguf::Gguf::open(&path)?)?;
+    synth(preset, vocab, opts, out, progress)
+}
+
 /// Changes to a preset's shape (for test models of other shapes).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ShapeOverrides {

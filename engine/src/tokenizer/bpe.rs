@@ -3,11 +3,11 @@
 //! Each pre-tokenized word is turned into GPT-2's printable byte alphabet, then adjacent pieces
 //! are merged lowest merge rank first (ties: leftmost), until no adjacent pair has a rank.
 
+use super::merge::merge;
 use super::pretok::PreTokenizer;
 use super::table::StrTable;
 use super::{TokenizerError, Vocab};
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::cmp::Reverse;
 
 /// GPT-2's byte -> printable code point table: printable Latin-1 bytes map to themselves,
 /// the other 68 bytes to U+0100.. in byte order.
@@ -125,56 +125,10 @@ impl Bpe {
                 return;
             }
         }
-        // One symbol per character: byte range in `word` plus a doubly linked list.
-        let mut syms: Vec<Sym> = Vec::with_capacity(word.len());
-        for (start, c) in word.char_indices() {
-            let i = syms.len();
-            syms.push(Sym {
-                start,
-                len: c.len_utf8(),
-                prev: i.checked_sub(1),
-                next: Some(i + 1),
-            });
-        }
-        if let Some(last) = syms.last_mut() {
-            last.next = None;
-        }
-        let mut queue = BinaryHeap::new();
+        // Lowest merge rank first.
         let mut key = String::new();
-        let text = |s: &Sym| &word[s.start..s.start + s.len];
-        let mut push =
-            |queue: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
-                if let (Some(l), Some(r)) = (l, r) {
-                    if let Some(rank) = self.rank(&mut key, text(&syms[l]), text(&syms[r])) {
-                        queue.push(Bigram {
-                            rank,
-                            left: l,
-                            right: r,
-                            size: syms[l].len + syms[r].len,
-                        });
-                    }
-                }
-            };
-        for i in 1..syms.len() {
-            push(&mut queue, &syms, Some(i - 1), Some(i));
-        }
-        while let Some(bg) = queue.pop() {
-            let (l, r) = (syms[bg.left], syms[bg.right]);
-            // Outdated: one side was merged into something else since this pair was queued.
-            if l.len == 0 || r.len == 0 || l.len + r.len != bg.size {
-                continue;
-            }
-            syms[bg.left].len += r.len;
-            syms[bg.right].len = 0;
-            syms[bg.left].next = r.next;
-            if let Some(n) = r.next {
-                syms[n].prev = Some(bg.left);
-            }
-            push(&mut queue, &syms, l.prev, Some(bg.left));
-            push(&mut queue, &syms, Some(bg.left), r.next);
-        }
-        for s in syms.iter().filter(|s| s.len > 0) {
-            let piece = text(s);
+        for piece in merge(word, |l, r, _| self.rank(&mut key, l, r).map(Reverse)) {
+            let piece = &word[piece];
             match vocab.id(piece) {
                 Some(id) => out.push(id),
                 // Not a token: llama.cpp emits the tokens of the single bytes that are tokens.
@@ -191,39 +145,6 @@ impl Bpe {
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct Sym {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-/// A queued merge candidate; the heap pops the lowest rank first, then the leftmost.
-struct Bigram {
-    rank: u32,
-    left: usize,
-    right: usize,
-    size: usize,
-}
-
-impl Ord for Bigram {
-    fn cmp(&self, o: &Self) -> Ordering {
-        o.rank.cmp(&self.rank).then(o.left.cmp(&self.left))
-    }
-}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl PartialEq for Bigram {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! model or pre-tokenizer, or with inconsistent arrays is a [`TokenizerError`].
 
 mod bpe;
+mod merge;
 mod pretok;
 mod special;
 mod spm;
