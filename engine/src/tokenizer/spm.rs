@@ -43,11 +43,20 @@ pub(super) fn tokenize(
 }
 
 /// A token score as a merge priority (total order; scores are finite).
-#[derive(PartialEq, PartialOrd)]
 struct Score(f32);
-impl Eq for Score {}
 impl Ord for Score {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0)
     }
 }
+impl PartialOrd for Score {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl PartialEq for Score {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl Eq for Score {}
