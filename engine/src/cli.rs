@@ -84,6 +84,11 @@ pub enum Command {
         #[command(subcommand)]
         source: ConvertSource,
     },
+    /// Create an ed25519 key pair for signing receipts: OUT (secret, 64 hex digits) and OUT.pub.
+    Keygen {
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Write a deterministic synthetic bitnet model.
     Synth {
         #[arg(long)]
@@ -181,6 +186,12 @@ pub struct RunArgs {
     /// Print timings to stderr at the end.
     #[arg(long)]
     pub verbose: bool,
+    /// Write a receipt of this run (JSON, schemas/receipt.v1.schema.json) here.
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
+    /// Sign the receipt with this ed25519 secret key file (64 hex digits; see `bitnet keygen`).
+    #[arg(long, requires = "receipt")]
+    pub sign: Option<PathBuf>,
 }
 
 /// Entry point; returns the process exit code.
@@ -239,6 +250,26 @@ fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Run(a) => run(a),
+        Command::Keygen { output } => {
+            let mut seed = [0u8; 32];
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut seed))
+                .map_err(|e| Error::io("/dev/urandom", e))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let public = output.with_extension("pub");
+            std::fs::write(&output, hex(&seed) + "\n")
+                .map_err(|e| Error::io(output.display().to_string(), e))?;
+            std::fs::write(&public, hex(key.verifying_key().as_bytes()) + "\n")
+                .map_err(|e| Error::io(public.display().to_string(), e))?;
+            eprintln!(
+                "wrote {} (secret) and {} (public)",
+                output.display(),
+                public.display()
+            );
+            Ok(())
+        }
         Command::Inspect {
             model,
             gguf_only,
@@ -367,7 +398,15 @@ fn dispatch(cmd: Command) -> Result<()> {
 }
 
 fn run(a: RunArgs) -> Result<()> {
+    let signing_key = match &a.sign {
+        Some(p) => {
+            Some(crate::receipt::read_signing_key(p).map_err(|e| Error::Usage(e.to_string()))?)
+        }
+        None => None,
+    };
+    let t_load = std::time::Instant::now();
     let (model, tok) = load(&a.model, a.threads)?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let sampler = SamplerParams {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -402,6 +441,15 @@ fn run(a: RunArgs) -> Result<()> {
         !write_failed
     })?;
     let _ = writeln!(out);
+    if let Some(path) = &a.receipt {
+        let mut r = crate::receipt::for_generation(&model, &a.model, &opts, &a.prompt, &g, load_ms)
+            .map_err(|e| Error::io(a.model.display().to_string(), e))?;
+        if let Some(k) = &signing_key {
+            r.sign(k);
+        }
+        r.write(path)
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+    }
     if a.verbose {
         let n = g.tokens.len().max(1) as f64;
         eprintln!(

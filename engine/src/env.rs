@@ -7,6 +7,7 @@
 //!
 //! None of them changes numerics: thread counts never change results.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -14,6 +15,17 @@ use std::sync::OnceLock;
 pub struct Env {
     pub shared: PathBuf,
     pub threads: usize,
+    /// The documented variables that were set, as read at start-up (for receipts).
+    pub set: BTreeMap<String, String>,
+}
+
+/// Every variable bitnet reads.
+pub const DOCUMENTED: &[&str] = &["BITNET_SHARED", "BITNET_THREADS"];
+
+impl Env {
+    pub fn documented_variables(&self) -> BTreeMap<String, String> {
+        self.set.clone()
+    }
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
@@ -37,7 +49,15 @@ pub fn get() -> &'static Env {
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or(cores);
-        Env { shared, threads }
+        let set = DOCUMENTED
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        Env {
+            shared,
+            threads,
+            set,
+        }
     })
 }
 

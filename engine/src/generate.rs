@@ -32,6 +32,8 @@ pub struct Generation {
     /// Generated text (stop string excluded).
     pub text: String,
     pub stop: StopReason,
+    /// Single-token forward passes after the prompt.
+    pub decode_steps: usize,
     pub prefill: Duration,
     pub decode: Duration,
 }
@@ -121,6 +123,7 @@ pub fn generate(
     let prefill = t0.elapsed();
     let t1 = Instant::now();
     let mut stop = StopReason::Length;
+    let mut decode_steps = 0;
     while tokens.len() < opts.max_tokens {
         let next = sampler.sample(&logits, &history);
         if tok.is_eog(next) && !opts.ignore_eos {
@@ -154,6 +157,7 @@ pub fn generate(
             break;
         }
         logits = model.forward(&mut state, &[next], false)?;
+        decode_steps += 1;
     }
     if !matches!(stop, StopReason::StopString(_)) {
         let rest = stream.finish();
@@ -167,6 +171,7 @@ pub fn generate(
         tokens,
         text,
         stop,
+        decode_steps,
         prefill,
         decode: t1.elapsed(),
     })

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod receipt;
 pub mod sample;
 pub mod tokenizer;
 

@@ -4,6 +4,7 @@
 //! engine against BitNet.cpp, kernel bit-exactness, tokenizer agreement) and reports them as
 //! JUnit XML, a JSON summary and a Markdown table.
 
+pub mod audit;
 pub mod crossval;
 pub mod gates;
 pub mod metrics;

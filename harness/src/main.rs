@@ -39,6 +39,11 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Inference receipts.
+    Receipt {
+        #[command(subcommand)]
+        cmd: ReceiptCmd,
+    },
     /// Time the engine and the reference side by side on the same file (prefill and
     /// one-token generation t/s per thread count, medians, ratios ours/reference).
     Timing {
@@ -71,6 +76,26 @@ enum Cmd {
         out: PathBuf,
         #[arg(short, long)]
         threads: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCmd {
+    /// Validate receipts: schema, audit rules, content digest, optional signature and replay.
+    /// Exit codes: 0 valid, 3 unreadable, 4 schema, 5 audit rule, 6 digest, 7 signature,
+    /// 8 replay (the first class that failed).
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// ed25519 public key file (64 hex digits) the receipts must be signed with.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// Re-run each recorded inference and compare its output digest.
+        #[arg(long)]
+        replay: bool,
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -150,6 +175,38 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                 )?;
             }
             Ok(if r.aggregate.greedy_ok { 0 } else { 1 })
+        }
+        Cmd::Receipt {
+            cmd:
+                ReceiptCmd::Verify {
+                    files,
+                    pubkey,
+                    replay,
+                    json,
+                },
+        } => {
+            use bitnet_validate::audit;
+            let opts = audit::VerifyOptions {
+                public_key: pubkey,
+                replay,
+            };
+            let verdicts: Vec<_> = files.iter().map(|f| audit::verify_file(f, &opts)).collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&verdicts).map_err(|e| e.to_string())?
+                );
+            } else {
+                for v in &verdicts {
+                    print!("{}", audit::human(v));
+                }
+            }
+            Ok(verdicts
+                .iter()
+                .map(|v| v.exit_code())
+                .filter(|&c| c != 0)
+                .min()
+                .unwrap_or(0))
         }
         Cmd::Timing {
             model,

@@ -210,6 +210,24 @@ fn transpose_into(local: &[f32], n: usize, nrows: usize, r0: usize, rows: usize,
     }
 }
 
+/// Every kernel id the dispatch can record (receipts are audited against this list).
+pub const KERNEL_IDS: &[&str] = &[
+    "i2s_gemv_scalar",
+    "i2s_gemm_scalar",
+    "tq2_0_gemv_scalar",
+    "tq2_0_gemm_scalar",
+    "tq1_0_gemv_scalar",
+    "tq1_0_gemm_scalar",
+    "f32_gemv",
+    "f32_gemm",
+    "f16_gemv",
+    "f16_gemm",
+    "bf16_gemv",
+    "bf16_gemm",
+    "q8_0_gemv",
+    "q8_0_gemm",
+];
+
 /// Counters for one kernel id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelStat {
