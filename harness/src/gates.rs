@@ -18,6 +18,12 @@ pub enum Kind {
     Kernel,
     /// Our tokenizer vs the reference's on a text corpus.
     Tokenizer,
+    /// A real run's receipt passes schema, audit, digest and replay.
+    Receipt,
+    /// Damaged model files give typed errors, never panics.
+    BadInput,
+    /// Outputs equal a reviewed snapshot in golden/.
+    Golden,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -70,6 +76,8 @@ pub struct Context {
     pub work: PathBuf,
     /// Directory holding `ci/` data files (the gates file's directory).
     pub data: PathBuf,
+    /// The repository root (golden snapshots are named relative to it).
+    pub root: PathBuf,
     pub threads: usize,
 }
 
@@ -124,6 +132,9 @@ pub fn run_gate(g: &Gate, ctx: &Context) -> Outcome {
         Kind::Crossval => crate::runners::crossval(g, ctx),
         Kind::Kernel => crate::runners::kernel(g, ctx),
         Kind::Tokenizer => crate::runners::tokenizer(g, ctx),
+        Kind::Receipt => crate::runners::receipt(g, ctx),
+        Kind::BadInput => crate::runners::bad_input(g, ctx),
+        Kind::Golden => crate::golden::check(g, ctx),
     };
     let (passed, message, measurements) = match result {
         Err(e) => (false, format!("error: {e}"), Json::Null),
@@ -132,7 +143,7 @@ pub fn run_gate(g: &Gate, ctx: &Context) -> Outcome {
             if misses.is_empty() {
                 (true, summary, m)
             } else {
-                (false, misses.join("; "), m)
+                (false, format!("{} ({summary})", misses.join("; ")), m)
             }
         }
     };

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod crossval;
 pub mod gates;
+pub mod golden;
 pub mod metrics;
 pub mod models;
 pub mod report;

@@ -44,6 +44,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ReceiptCmd,
     },
+    /// Check the golden snapshots (prints differences), or rewrite them with --update.
+    Golden {
+        /// Directory of snapshot files.
+        #[arg(long, default_value = "golden")]
+        dir: PathBuf,
+        #[arg(long)]
+        filter: Option<String>,
+        /// Recompute and rewrite the expected results (review the change with git diff).
+        #[arg(long)]
+        update: bool,
+        /// Where built models go.
+        #[arg(long, default_value = "target/bitnet-validate")]
+        out: PathBuf,
+    },
     /// Time the engine and the reference side by side on the same file (prefill and
     /// one-token generation t/s per thread count, medians, ratios ours/reference).
     Timing {
@@ -176,6 +190,61 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             }
             Ok(if r.aggregate.greedy_ok { 0 } else { 1 })
         }
+        Cmd::Golden {
+            dir,
+            filter,
+            update,
+            out,
+        } => {
+            use bitnet_validate::golden;
+            let root = dir.join("..");
+            let ctx = Context {
+                shared: bitnet::env::get().shared.clone(),
+                work: out,
+                data: root.join("ci"),
+                root,
+                threads: threads(None),
+            };
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .filter(|p| {
+                    filter
+                        .as_deref()
+                        .is_none_or(|f| p.to_string_lossy().contains(f))
+                })
+                .collect();
+            files.sort();
+            let mut failed = 0;
+            for f in &files {
+                if update {
+                    let changed = golden::update(f, &ctx)?;
+                    println!(
+                        "{}: {}",
+                        f.display(),
+                        if changed {
+                            "UPDATED (review with git diff)"
+                        } else {
+                            "unchanged"
+                        }
+                    );
+                } else {
+                    let s = golden::Snapshot::load(f)?;
+                    let diffs = golden::compare(&s, &golden::compute(&s, &ctx)?);
+                    println!(
+                        "{}: {}",
+                        f.display(),
+                        if diffs.is_empty() { "ok" } else { "DIFFERS" }
+                    );
+                    for d in &diffs {
+                        println!("  {d}");
+                    }
+                    failed += usize::from(!diffs.is_empty());
+                }
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
         Cmd::Receipt {
             cmd:
                 ReceiptCmd::Verify {
@@ -238,6 +307,7 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             let file = GatesFile::load(&config)?;
             let data = config.parent().unwrap_or(Path::new(".")).to_path_buf();
             let ctx = Context {
+                root: data.join(".."),
                 shared: bitnet::env::get().shared.clone(),
                 work: out.clone(),
                 data,

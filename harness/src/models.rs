@@ -88,8 +88,11 @@ impl ModelSpec {
         }
     }
 
-    /// The model's path, building it first if needed.
+    /// The model's path, building it first if needed. Builds are serialised within the
+    /// process so gates running in parallel never write the same file at once.
     pub fn materialize(&self, ctx: &Context) -> Result<PathBuf, String> {
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
         let dir = ctx.work.join("models");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let out = dir.join(format!("{}.gguf", self.key()));

@@ -27,6 +27,7 @@ fn context() -> Context {
         shared,
         work: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("validate"),
         data: root().join("ci"),
+        root: root(),
         threads: 2,
     }
 }

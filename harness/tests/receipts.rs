@@ -28,6 +28,7 @@ fn model_path(weights: &str) -> PathBuf {
         shared,
         work: tmp("work"),
         data: PathBuf::from("../ci"),
+        root: PathBuf::from(".."),
         threads: 2,
     };
     ModelSpec::Llama2c {
