@@ -176,3 +176,63 @@ fn exit_codes_distinguish_usage_io_and_bad_input() {
         "token out of range"
     );
 }
+
+#[test]
+fn run_writes_a_receipt_whose_kernel_counts_match_the_model_shape() {
+    let model = converted("i2_s", "f32");
+    let path = tmp(&format!("receipt-{}.json", std::process::id()));
+    let out = bitnet()
+        .args(["run", "-m"])
+        .arg(&model)
+        .args([
+            "-p",
+            "Once upon a time",
+            "-n",
+            "12",
+            "--temp",
+            "0",
+            "--receipt",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        doc["digest"],
+        bitnet::receipt::content_digest(&doc).as_str(),
+        "digest covers the written document"
+    );
+    let kernel = |id: &str| {
+        doc["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let (prompt, steps) = (
+        doc["run"]["prompt_tokens"].as_u64().unwrap(),
+        doc["run"]["decode_steps"].as_u64().unwrap(),
+    );
+    assert_eq!(doc["run"]["generated_tokens"], 12);
+    assert_eq!(steps, 11, "the last generated token is not evaluated");
+    // 8 layers x 7 ternary matrices; per token 8 * (q,o: 256x256; k,v: 128x256; gate,up,down: 256x256).
+    let per_token = 8 * (2 * 256 * 256 + 2 * 128 * 256 + 3 * 256 * 256);
+    assert_eq!(kernel("i2s_gemm_scalar")["calls"], 56);
+    assert_eq!(kernel("i2s_gemm_scalar")["elements"], prompt * per_token);
+    assert_eq!(kernel("i2s_gemv_scalar")["calls"], 56 * steps);
+    assert_eq!(kernel("i2s_gemv_scalar")["elements"], steps * per_token);
+    assert_eq!(kernel("f32_gemv")["calls"], 1 + steps);
+    assert_eq!(kernel("f32_gemv")["elements"], (1 + steps) * 512 * 256);
+    assert_eq!(
+        doc["model_info"]["sha256"],
+        bitnet::receipt::sha256_file(&model).unwrap().as_str()
+    );
+}
