@@ -451,13 +451,14 @@ fn run(a: RunArgs) -> Result<()> {
             .map_err(|e| Error::io(path.display().to_string(), e))?;
     }
     if a.verbose {
-        let n = g.tokens.len().max(1) as f64;
+        let n = g.decode_steps as f64;
         eprintln!(
-            "prompt {} tokens in {:.1} ms ({:.1} t/s); generated {} tokens in {:.1} ms ({:.1} t/s); stop: {:?}",
+            "prompt {} tokens in {:.1} ms ({:.1} t/s); generated {} tokens, {} decode steps in {:.1} ms ({:.1} t/s); stop: {:?}",
             g.prompt_tokens,
             g.prefill.as_secs_f64() * 1e3,
             g.prompt_tokens as f64 / g.prefill.as_secs_f64().max(1e-9),
             g.tokens.len(),
+            g.decode_steps,
             g.decode.as_secs_f64() * 1e3,
             n / g.decode.as_secs_f64().max(1e-9),
             g.stop

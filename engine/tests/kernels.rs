@@ -3,7 +3,7 @@
 //! round trips and dot products, on random shapes and adversarial values.
 
 use bitnet::gguf::{Gguf, GgufWriter};
-use bitnet::quant::matmul::{KernelStats, Weight};
+use bitnet::quant::matmul::{Isa, KernelStats, Weight};
 use bitnet::quant::{i2s, tq, TensorType};
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -135,19 +135,24 @@ proptest! {
         let packed = i2s::pack(&v, rows, cols, scale).unwrap();
         let want = naive_i2s_gemm(&packed, rows, cols, scale, &x, n);
         let w = weight(TensorType::I2S, rows, cols, packed);
-        let stats = KernelStats::default();
-        for threads in [1, 2] {
-            let mut got = vec![0f32; n * rows];
-            w.matmul(&x, n, &mut got, threads, &stats);
-            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                prop_assert_eq!(g.to_bits(), e.to_bits(), "element {} (threads {}): {} vs {}", i, threads, g, e);
+        // The scalar reference and the fastest kernel this CPU has must both be bit-exact.
+        for isa in [Isa::Scalar, Isa::detect()] {
+            let stats = KernelStats::default();
+            for threads in [1, 2] {
+                let mut got = vec![0f32; n * rows];
+                w.matmul_isa(isa, &x, n, &mut got, threads, &stats);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    prop_assert_eq!(g.to_bits(), e.to_bits(), "element {} ({:?}, threads {}): {} vs {}", i, isa, threads, g, e);
+                }
             }
+            // One counted call per matmul, under the id of the kernel that ran.
+            let snap = stats.snapshot();
+            let id = w.kernel_id(n, isa);
+            let family = if n == 1 { "i2s_gemv_" } else { "i2s_gemm_" };
+            prop_assert!(id.starts_with(family), "{} is not a {} kernel", id, family);
+            prop_assert_eq!(snap[id].calls, 2);
+            prop_assert_eq!(snap[id].elements, 2 * (rows * cols * n) as u64);
         }
-        // One counted call per matmul, under the id of the kernel that ran.
-        let snap = stats.snapshot();
-        let id = if n == 1 { "i2s_gemv_scalar" } else { "i2s_gemm_scalar" };
-        prop_assert_eq!(snap[id].calls, 2);
-        prop_assert_eq!(snap[id].elements, 2 * (rows * cols * n) as u64);
     }
 
     #[test]
@@ -177,6 +182,31 @@ proptest! {
             let mut got = [0f32];
             w.matmul(x, 1, &mut got, 1, &KernelStats::default());
             prop_assert_eq!(got[0].to_bits(), want.to_bits(), "{}: {} vs {}", ty, got[0], want);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Float rows (the output projection): every implementation equals the scalar reference.
+    #[test]
+    fn float_gemv_matches_the_scalar_reference(rows in 1usize..6, cols in 1usize..300, n in 1usize..4, seed in any::<u64>()) {
+        let mut rng = bitnet::sample::Rng::new(seed);
+        let vals: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+        for ty in [TensorType::F32, TensorType::F16] {
+            let bytes: Vec<u8> = match ty {
+                TensorType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                _ => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            };
+            let w = weight(ty, rows, cols, bytes);
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            w.matmul_isa(Isa::Scalar, &x, n, &mut a, 1, &KernelStats::default());
+            w.matmul_isa(Isa::detect(), &x, n, &mut b, 2, &KernelStats::default());
+            for (p, q) in a.iter().zip(&b) {
+                prop_assert_eq!(p.to_bits(), q.to_bits(), "{}: {} vs {}", ty, p, q);
+            }
         }
     }
 }

@@ -200,7 +200,7 @@ fn verify_doc(doc: &Json, opts: &VerifyOptions, c: &mut Ctx) {
                 format!("kernel id of {} characters", id.chars().count()),
             );
         }
-        if !id.is_empty() && !bitnet::quant::matmul::KERNEL_IDS.contains(&id) {
+        if !id.is_empty() && !bitnet::quant::matmul::is_kernel_id(id) {
             c.fail(
                 Class::Audit,
                 "kernel-unknown",

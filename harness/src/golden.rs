@@ -4,7 +4,8 @@
 //!
 //! Kinds: `tokenizer` (ids of a corpus, exact), `greedy` (greedy token ids per prompt, exact),
 //! `logits` (per position: the top-5 ids and logits, sum and L2 norm, within the file's stated
-//! tolerance), `receipt` (a seeded run's receipt with volatile fields redacted, exact).
+//! tolerance), `receipt` (a seeded run's receipt with volatile fields redacted — times, paths,
+//! environment, and the implementation suffix of kernel ids — exact).
 
 use crate::gates::{Context, Gate};
 use crate::models::ModelSpec;
@@ -188,6 +189,11 @@ pub fn redact(mut doc: Json) -> Json {
     if let Some(ks) = doc.get_mut("kernels").and_then(Json::as_array_mut) {
         for k in ks {
             k["time_ns"] = json!(REDACTED);
+            // Which implementation ran depends on the CPU; what it computed does not.
+            if let Some(id) = k["id"].as_str() {
+                let family = id.rsplit_once('_').map_or(id, |(f, _)| f);
+                k["id"] = json!(format!("{family}_*"));
+            }
         }
     }
     doc

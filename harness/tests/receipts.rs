@@ -105,17 +105,17 @@ fn a_real_receipt_validates_with_signature_and_replay_and_its_kernel_counts_matc
     let k = |id: &str| {
         r.kernels
             .iter()
-            .find(|k| k.id == id)
-            .unwrap_or_else(|| panic!("no {id} in {:?}", r.kernels))
+            .find(|k| k.id.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id} kernel in {:?}", r.kernels))
     };
     let prompt = r.run.prompt_tokens as u64;
-    assert_eq!(k("i2s_gemm_scalar").calls, 56);
-    assert_eq!(k("i2s_gemm_scalar").elements, prompt * per_token);
+    assert_eq!(k("i2s_gemm_").calls, 56);
+    assert_eq!(k("i2s_gemm_").elements, prompt * per_token);
     let steps = r.run.decode_steps as u64;
-    assert_eq!(k("i2s_gemv_scalar").calls, 56 * steps);
-    assert_eq!(k("i2s_gemv_scalar").elements, steps * per_token);
+    assert_eq!(k("i2s_gemv_").calls, 56 * steps);
+    assert_eq!(k("i2s_gemv_").elements, steps * per_token);
     assert_eq!(
-        k("f32_gemv").calls,
+        k("f32_gemv_").calls,
         1 + steps,
         "one output projection per forward pass"
     );
@@ -153,7 +153,7 @@ fn kernels_that_never_ran_are_rejected_even_when_resealed() {
     let mut r = real_receipt("i2_s");
     r.kernels
         .iter_mut()
-        .find(|k| k.id == "i2s_gemv_scalar")
+        .find(|k| k.id.starts_with("i2s_gemv_"))
         .unwrap()
         .calls += 7;
     r.seal();

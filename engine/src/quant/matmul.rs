@@ -81,7 +81,8 @@ impl Weight {
             .expect("type and size were validated in Weight::new");
     }
 
-    /// Computes `out[t * rows + r] = W[r] . x[t * cols..]` for `n` token rows.
+    /// Computes `out[t * rows + r] = W[r] . x[t * cols..]` for `n` token rows with the best
+    /// kernels this CPU has.
     pub fn matmul(
         &self,
         x: &[f32],
@@ -90,6 +91,22 @@ impl Weight {
         threads: usize,
         stats: &KernelStats,
     ) {
+        self.matmul_isa(Isa::detect(), x, n, out, threads, stats)
+    }
+
+    /// [`Weight::matmul`] with the instruction set chosen by the caller (benchmarks and the
+    /// scalar-reference property tests); an ISA without a kernel for this type falls back to
+    /// scalar, and the kernel id says which ran.
+    pub fn matmul_isa(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        threads: usize,
+        stats: &KernelStats,
+    ) {
+        let isa = Isa::effective(self.ty, isa);
         assert_eq!(x.len(), n * self.cols, "{}: activation length", self.name);
         assert_eq!(out.len(), n * self.rows, "{}: output length", self.name);
         let t0 = Instant::now();
@@ -114,7 +131,7 @@ impl Weight {
         };
         if threads == 1 {
             let mut local = vec![0f32; n * self.rows];
-            self.rows_into(0..self.rows, x, n, &acts, &mut local);
+            self.rows_into(isa, 0..self.rows, x, n, &acts, &mut local);
             transpose_into(&local, n, self.rows, 0, self.rows, out);
         } else {
             let chunk = self.rows.div_ceil(threads);
@@ -125,7 +142,7 @@ impl Weight {
                         let acts = &acts;
                         s.spawn(move || {
                             let mut local = vec![0f32; n * (r1 - r0)];
-                            self.rows_into(r0..r1, x, n, acts, &mut local);
+                            self.rows_into(isa, r0..r1, x, n, acts, &mut local);
                             (r0, r1, local)
                         })
                     })
@@ -140,7 +157,7 @@ impl Weight {
             }
         }
         stats.record(
-            self.kernel_id(n),
+            self.kernel_id(n, isa),
             1,
             (self.rows * self.cols * n) as u64,
             t0.elapsed(),
@@ -150,6 +167,7 @@ impl Weight {
     /// Fills `local[(r - r0) * n + t]` for rows in `range` (row-major per weight row).
     fn rows_into(
         &self,
+        isa: Isa,
         range: std::ops::Range<usize>,
         x: &[f32],
         n: usize,
@@ -161,45 +179,101 @@ impl Weight {
         for r in range {
             let row = self.row_bytes(r);
             for t in 0..n {
-                local[(r - r0) * n + t] = match self.ty {
-                    TensorType::I2S => {
+                let xt = &x[t * self.cols..(t + 1) * self.cols];
+                local[(r - r0) * n + t] = match (self.ty, isa) {
+                    // SAFETY (avx2 arms): Isa::effective only yields Avx2 when the CPU has AVX2
+                    // and F16C; row and activation lengths match the validated shape.
+                    #[cfg(target_arch = "x86_64")]
+                    (TensorType::I2S, Isa::Avx2) => {
+                        let d = unsafe { i2s::avx2::dot_codes(row, &acts[t].q) };
+                        i2s::finish(d, &acts[t], self.i2s_scale)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    (TensorType::F16, Isa::Avx2) => unsafe { float::avx2::dot_f16(row, xt) },
+                    #[cfg(target_arch = "x86_64")]
+                    (TensorType::F32, Isa::Avx2) => unsafe { float::avx2::dot_f32(row, xt) },
+                    (TensorType::I2S, _) => {
                         i2s::finish(i2s::dot_codes(row, &acts[t].q), &acts[t], self.i2s_scale)
                     }
-                    TensorType::TQ2_0 => tq::dot_tq2(row, &acts[t]),
-                    TensorType::TQ1_0 => tq::dot_tq1(row, &acts[t]),
-                    ty => float::dot(
-                        ty,
-                        row,
-                        &x[t * self.cols..(t + 1) * self.cols],
-                        &mut scratch,
-                    ),
+                    (TensorType::TQ2_0, _) => tq::dot_tq2(row, &acts[t]),
+                    (TensorType::TQ1_0, _) => tq::dot_tq1(row, &acts[t]),
+                    (ty, _) => float::dot(ty, row, xt, &mut scratch),
                 };
             }
         }
     }
 
-    /// The id under which this product is counted: format, gemv (one token) or gemm, and the
-    /// implementation that ran.
-    pub fn kernel_id(&self, n: usize) -> &'static str {
-        let gemv = n == 1;
-        match (self.ty, gemv) {
-            (TensorType::I2S, true) => "i2s_gemv_scalar",
-            (TensorType::I2S, false) => "i2s_gemm_scalar",
-            (TensorType::TQ2_0, true) => "tq2_0_gemv_scalar",
-            (TensorType::TQ2_0, false) => "tq2_0_gemm_scalar",
-            (TensorType::TQ1_0, true) => "tq1_0_gemv_scalar",
-            (TensorType::TQ1_0, false) => "tq1_0_gemm_scalar",
-            (TensorType::F32, true) => "f32_gemv",
-            (TensorType::F32, false) => "f32_gemm",
-            (TensorType::F16, true) => "f16_gemv",
-            (TensorType::F16, false) => "f16_gemm",
-            (TensorType::BF16, true) => "bf16_gemv",
-            (TensorType::BF16, false) => "bf16_gemm",
-            (TensorType::Q8_0, true) => "q8_0_gemv",
-            (TensorType::Q8_0, false) => "q8_0_gemm",
-            _ => "unsupported",
+    /// The id under which a product of `n` tokens on `isa` is counted: format, gemv (one
+    /// token) or gemm, and the implementation that runs.
+    pub fn kernel_id(&self, n: usize, isa: Isa) -> &'static str {
+        let (gemv, isa) = (n == 1, Isa::effective(self.ty, isa));
+        KERNELS
+            .iter()
+            .find(|k| k.0 == self.ty && k.1 == gemv && k.2 == isa)
+            .map_or("unsupported", |k| k.3)
+    }
+}
+
+/// Instruction sets with kernels of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 with F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports (detected once).
+    pub fn detect() -> Isa {
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+                return Isa::Avx2;
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// The implementation that computes `ty` when `isa` is asked for: `isa` if it has a kernel
+    /// for the type and the CPU supports it, otherwise scalar.
+    pub fn effective(ty: TensorType, isa: Isa) -> Isa {
+        let has_kernel = matches!(ty, TensorType::I2S | TensorType::F16 | TensorType::F32);
+        if isa == Isa::Avx2 && has_kernel && Isa::detect() == Isa::Avx2 {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
         }
     }
+}
+
+/// Every kernel: (type, one token?, implementation, id). Receipts are audited against it.
+pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
+    (TensorType::I2S, true, Isa::Scalar, "i2s_gemv_scalar"),
+    (TensorType::I2S, false, Isa::Scalar, "i2s_gemm_scalar"),
+    (TensorType::I2S, true, Isa::Avx2, "i2s_gemv_avx2"),
+    (TensorType::I2S, false, Isa::Avx2, "i2s_gemm_avx2"),
+    (TensorType::TQ2_0, true, Isa::Scalar, "tq2_0_gemv_scalar"),
+    (TensorType::TQ2_0, false, Isa::Scalar, "tq2_0_gemm_scalar"),
+    (TensorType::TQ1_0, true, Isa::Scalar, "tq1_0_gemv_scalar"),
+    (TensorType::TQ1_0, false, Isa::Scalar, "tq1_0_gemm_scalar"),
+    (TensorType::F32, true, Isa::Scalar, "f32_gemv_scalar"),
+    (TensorType::F32, false, Isa::Scalar, "f32_gemm_scalar"),
+    (TensorType::F32, true, Isa::Avx2, "f32_gemv_avx2"),
+    (TensorType::F32, false, Isa::Avx2, "f32_gemm_avx2"),
+    (TensorType::F16, true, Isa::Scalar, "f16_gemv_scalar"),
+    (TensorType::F16, false, Isa::Scalar, "f16_gemm_scalar"),
+    (TensorType::F16, true, Isa::Avx2, "f16_gemv_avx2"),
+    (TensorType::F16, false, Isa::Avx2, "f16_gemm_avx2"),
+    (TensorType::BF16, true, Isa::Scalar, "bf16_gemv_scalar"),
+    (TensorType::BF16, false, Isa::Scalar, "bf16_gemm_scalar"),
+    (TensorType::Q8_0, true, Isa::Scalar, "q8_0_gemv_scalar"),
+    (TensorType::Q8_0, false, Isa::Scalar, "q8_0_gemm_scalar"),
+];
+
+/// Whether `id` names a kernel of this engine.
+pub fn is_kernel_id(id: &str) -> bool {
+    KERNELS.iter().any(|k| k.3 == id)
 }
 
 fn transpose_into(local: &[f32], n: usize, nrows: usize, r0: usize, rows: usize, out: &mut [f32]) {
@@ -209,24 +283,6 @@ fn transpose_into(local: &[f32], n: usize, nrows: usize, r0: usize, rows: usize,
         }
     }
 }
-
-/// Every kernel id the dispatch can record (receipts are audited against this list).
-pub const KERNEL_IDS: &[&str] = &[
-    "i2s_gemv_scalar",
-    "i2s_gemm_scalar",
-    "tq2_0_gemv_scalar",
-    "tq2_0_gemm_scalar",
-    "tq1_0_gemv_scalar",
-    "tq1_0_gemm_scalar",
-    "f32_gemv",
-    "f32_gemm",
-    "f16_gemv",
-    "f16_gemm",
-    "bf16_gemv",
-    "bf16_gemm",
-    "q8_0_gemv",
-    "q8_0_gemm",
-];
 
 /// Counters for one kernel id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
