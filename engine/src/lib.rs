@@ -16,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod pool;
 pub mod quant;
 pub mod receipt;
 pub mod sample;

@@ -122,40 +122,23 @@ impl Weight {
         } else {
             Vec::new()
         };
-        let threads = threads.clamp(1, self.rows.max(1));
-        // Small products are not worth a thread spawn.
-        let threads = if self.rows * self.cols * n < (1 << 16) {
+        // Small products are not worth waking other threads for.
+        let threads = if self.rows * self.cols * n < (1 << 15) {
             1
         } else {
-            threads
+            threads.max(1)
         };
-        if threads == 1 {
-            let mut local = vec![0f32; n * self.rows];
-            self.rows_into(isa, 0..self.rows, x, n, &acts, &mut local);
-            transpose_into(&local, n, self.rows, 0, self.rows, out);
-        } else {
-            let chunk = self.rows.div_ceil(threads);
-            let parts: Vec<(usize, usize, Vec<f32>)> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|i| {
-                        let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(self.rows));
-                        let acts = &acts;
-                        s.spawn(move || {
-                            let mut local = vec![0f32; n * (r1 - r0)];
-                            self.rows_into(isa, r0..r1, x, n, acts, &mut local);
-                            (r0, r1, local)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("matmul worker panicked"))
-                    .collect()
-            });
-            for (r0, r1, local) in parts {
-                transpose_into(&local, n, r1 - r0, r0, self.rows, out);
-            }
-        }
+        // Rows in chunks, taken dynamically; each output element is written by exactly one
+        // task, so the result does not depend on which thread ran it.
+        let chunk = self.rows.div_ceil(threads * 4).max(8);
+        let tasks = self.rows.div_ceil(chunk);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let acts = &acts;
+        crate::pool::get(threads).run(tasks, &|i| {
+            let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(self.rows));
+            // SAFETY: tasks cover disjoint row ranges, and `out` outlives the run.
+            unsafe { self.rows_into(isa, r0..r1, x, n, acts, out_ptr) };
+        });
         stats.record(
             self.kernel_id(n, isa),
             1,
@@ -164,23 +147,25 @@ impl Weight {
         );
     }
 
-    /// Fills `local[(r - r0) * n + t]` for rows in `range` (row-major per weight row).
-    fn rows_into(
+    /// Writes `out[t * rows + r]` for the rows in `range` and every token `t`.
+    ///
+    /// # Safety
+    /// `out` points to `n * rows` floats, and no other thread writes the rows in `range`.
+    unsafe fn rows_into(
         &self,
         isa: Isa,
         range: std::ops::Range<usize>,
         x: &[f32],
         n: usize,
         acts: &[QuantRow],
-        local: &mut [f32],
+        out: SendPtr,
     ) {
-        let r0 = range.start;
         let mut scratch = vec![0f32; self.cols];
         for r in range {
             let row = self.row_bytes(r);
             for t in 0..n {
                 let xt = &x[t * self.cols..(t + 1) * self.cols];
-                local[(r - r0) * n + t] = match (self.ty, isa) {
+                let v = match (self.ty, isa) {
                     // SAFETY (avx2 arms): Isa::effective only yields Avx2 when the CPU has AVX2
                     // and F16C; row and activation lengths match the validated shape.
                     #[cfg(target_arch = "x86_64")]
@@ -199,6 +184,7 @@ impl Weight {
                     (TensorType::TQ1_0, _) => tq::dot_tq1(row, &acts[t]),
                     (ty, _) => float::dot(ty, row, xt, &mut scratch),
                 };
+                *out.0.add(t * self.rows + r) = v;
             }
         }
     }
@@ -276,13 +262,12 @@ pub fn is_kernel_id(id: &str) -> bool {
     KERNELS.iter().any(|k| k.3 == id)
 }
 
-fn transpose_into(local: &[f32], n: usize, nrows: usize, r0: usize, rows: usize, out: &mut [f32]) {
-    for i in 0..nrows {
-        for t in 0..n {
-            out[t * rows + r0 + i] = local[i * n + t];
-        }
-    }
-}
+/// The output pointer, shared by the tasks of one product (each writes its own rows).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint elements; the pointee outlives the pool run.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
 
 /// Counters for one kernel id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
