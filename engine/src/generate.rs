@@ -112,6 +112,9 @@ pub fn generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation, ModelError> {
+    if prompt.is_empty() {
+        return Err(ModelError::EmptyPrompt);
+    }
     let mut state = State::new(&model.config);
     let mut sampler = Sampler::new(opts.sampler.clone());
     let mut stream = TextStream::new(opts.stop.clone());

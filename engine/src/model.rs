@@ -38,6 +38,8 @@ pub enum ModelError {
     VocabMismatch { tokens: usize, rows: usize },
     #[error("token id {id} out of range (vocab {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error("nothing to evaluate: the prompt has no tokens")]
+    EmptyPrompt,
     #[error("context full: position {pos} + {n} tokens exceeds the context length {ctx}")]
     ContextFull { pos: usize, n: usize, ctx: usize },
     #[error(transparent)]
@@ -361,6 +363,7 @@ impl Model {
             w.wq.matmul(&h, n, &mut q, th, st);
             w.wk.matmul(&h, n, &mut k, th, st);
             w.wv.matmul(&h, n, &mut v, th, st);
+            state.rope.ensure(pos0 + n - 1);
             for t in 0..n {
                 let pos = pos0 + t;
                 for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
@@ -467,27 +470,38 @@ fn rope_neox(head: &mut [f32], pos: usize, rope_dim: usize, table: &RopeTable) {
     }
 }
 
-/// cos/sin of pos * theta^(-2i/rope_dim), computed in f64 once per position.
+/// cos/sin of pos * theta^(-2i/rope_dim), computed in f64 once per position and kept; the
+/// table grows with the positions actually used.
 struct RopeTable {
     half: usize,
+    theta: f64,
+    dim: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
 
 impl RopeTable {
     fn new(c: &Config) -> Self {
-        let half = c.rope_dim / 2;
-        let mut cos = Vec::with_capacity(c.context_length * half);
-        let mut sin = Vec::with_capacity(c.context_length * half);
-        for pos in 0..c.context_length {
-            for i in 0..half {
-                let freq = (c.rope_theta as f64).powf(-2.0 * i as f64 / c.rope_dim as f64);
-                let a = pos as f64 * freq;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
+        RopeTable {
+            half: c.rope_dim / 2,
+            theta: c.rope_theta as f64,
+            dim: c.rope_dim,
+            cos: Vec::new(),
+            sin: Vec::new(),
+        }
+    }
+    fn ensure(&mut self, pos: usize) {
+        while self.cos.len() < (pos + 1) * self.half {
+            let p = self.cos.len() / self.half.max(1);
+            for i in 0..self.half {
+                let a = p as f64 * self.theta.powf(-2.0 * i as f64 / self.dim as f64);
+                self.cos.push(a.cos() as f32);
+                self.sin.push(a.sin() as f32);
+            }
+            if self.half == 0 {
+                break;
             }
         }
-        RopeTable { half, cos, sin }
     }
     fn at(&self, pos: usize) -> (&[f32], &[f32]) {
         let r = pos * self.half..(pos + 1) * self.half;
@@ -495,33 +509,31 @@ impl RopeTable {
     }
 }
 
-/// Per-sequence state: the KV cache (f32, [layer][pos][kv_dim]) and the position.
+/// Per-sequence state: the KV cache (f32, per layer [pos][kv_dim]) and the position. The
+/// cache grows with the positions used, never from the header's context length alone.
 pub struct State {
     pub pos: usize,
     kv_dim: usize,
-    ctx: usize,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
     scores: Vec<f32>,
     rope: RopeTable,
 }
 
 impl State {
     pub fn new(c: &Config) -> Self {
-        let size = c.n_layers * c.context_length * c.kv_dim();
         State {
             pos: 0,
             kv_dim: c.kv_dim(),
-            ctx: c.context_length,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
-            keys: vec![0f32; size],
-            values: vec![0f32; size],
-            scores: vec![0f32; c.context_length],
+            keys: vec![Vec::new(); c.n_layers],
+            values: vec![Vec::new(); c.n_layers],
+            scores: Vec::new(),
             rope: RopeTable::new(c),
         }
     }
@@ -532,13 +544,16 @@ impl State {
     }
 
     fn kv_row(&mut self, layer: usize, pos: usize, key: bool) -> &mut [f32] {
-        let at = (layer * self.ctx + pos) * self.kv_dim;
         let buf = if key {
-            &mut self.keys
+            &mut self.keys[layer]
         } else {
-            &mut self.values
+            &mut self.values[layer]
         };
-        &mut buf[at..at + self.kv_dim]
+        let end = (pos + 1) * self.kv_dim;
+        if buf.len() < end {
+            buf.resize(end, 0.0);
+        }
+        &mut buf[pos * self.kv_dim..end]
     }
 
     /// Causal attention of query `q` (all heads) at `pos` over cache positions 0..=pos.
@@ -546,20 +561,23 @@ impl State {
         let (hd, kvd) = (self.head_dim, self.kv_dim);
         let group = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let base = layer * self.ctx * kvd;
+        if self.scores.len() <= pos {
+            self.scores.resize(pos + 1, 0.0);
+        }
+        let (keys, values) = (&self.keys[layer], &self.values[layer]);
         for h in 0..self.n_heads {
             let kv_off = (h / group) * hd;
             let qh = &q[h * hd..(h + 1) * hd];
             let scores = &mut self.scores[..=pos];
             for (p, s) in scores.iter_mut().enumerate() {
-                let k = &self.keys[base + p * kvd + kv_off..][..hd];
+                let k = &keys[p * kvd + kv_off..][..hd];
                 *s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
             }
             softmax(scores);
             let oh = &mut out[h * hd..(h + 1) * hd];
             oh.fill(0.0);
             for (p, &a) in scores.iter().enumerate() {
-                let v = &self.values[base + p * kvd + kv_off..][..hd];
+                let v = &values[p * kvd + kv_off..][..hd];
                 for (o, &vv) in oh.iter_mut().zip(v) {
                     *o += a * vv;
                 }

@@ -43,8 +43,10 @@ pub struct Pool {
     busy: Mutex<()>,
 }
 
-/// Spins this many times waiting for work before parking.
-const SPINS: u32 = 20_000;
+/// Waiting: spin this many times, then yield this many times (so an oversubscribed machine
+/// runs the thread being waited for), then park.
+const SPINS: u32 = 256;
+const YIELDS: u32 = 64;
 
 impl Pool {
     /// A pool in which `threads` threads (the caller plus `threads - 1` workers) share jobs.
@@ -85,10 +87,13 @@ impl Pool {
             next: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
         };
-        if self.workers.is_empty() || n_tasks <= 1 {
+        // A job started from inside a task runs inline: the pool's threads are busy with the
+        // outer job (and the result is the same either way).
+        if self.workers.is_empty() || n_tasks <= 1 || IN_JOB.with(|f| f.get()) {
             job.run_tasks();
             return;
         }
+        let _inside = InJob::enter();
         let _one_job_at_a_time = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let s = &self.shared;
         s.job
@@ -118,7 +123,26 @@ impl Pool {
     }
 }
 
+thread_local! {
+    static IN_JOB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as running tasks of a job, for as long as it lives.
+struct InJob;
+impl InJob {
+    fn enter() -> Self {
+        IN_JOB.with(|f| f.set(true));
+        InJob
+    }
+}
+impl Drop for InJob {
+    fn drop(&mut self) {
+        IN_JOB.with(|f| f.set(false));
+    }
+}
+
 fn worker(s: &Shared) {
+    IN_JOB.with(|f| f.set(true));
     let mut seen = 0usize;
     loop {
         let mut spins = 0u32;
@@ -134,6 +158,8 @@ fn worker(s: &Shared) {
             spins += 1;
             if spins < SPINS {
                 std::hint::spin_loop();
+            } else if spins < SPINS + YIELDS {
+                thread::yield_now();
             } else {
                 // Woken by unpark when work arrives; the timeout only bounds a missed wake-up.
                 thread::park_timeout(Duration::from_millis(10));
@@ -161,10 +187,17 @@ impl Drop for Pool {
     }
 }
 
-/// The shared pool for `threads` threads (created on first use, kept for the process).
+/// Most threads a pool will have: more than the cores only adds contention, and results do
+/// not depend on the count.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * 2
+}
+
+/// The shared pool for `threads` threads (clamped to [`max_threads`]; created on first use,
+/// kept for the process).
 pub fn get(threads: usize) -> Arc<Pool> {
     static POOLS: OnceLock<Mutex<Vec<Arc<Pool>>>> = OnceLock::new();
-    let threads = threads.max(1);
+    let threads = threads.clamp(1, max_threads());
     let mut pools = POOLS
         .get_or_init(Default::default)
         .lock()
@@ -196,6 +229,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_job_started_inside_a_task_runs_inline() {
+        let pool = Pool::new(2);
+        let count = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            pool.run(3, &|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 12);
     }
 
     #[test]

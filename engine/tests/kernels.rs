@@ -229,3 +229,20 @@ fn wrong_sizes_say_what_they_got_and_expected() {
     assert!(e.contains("multiple of 128"), "{e}");
     assert!(i2s::pack(&[2i8; 128], 1, 128, 1.0).is_err());
 }
+
+#[test]
+fn a_post_scale_multiplies_the_product_afterwards() {
+    let vals: Vec<i8> = (0..2 * 128).map(|j| (j % 3) as i8 - 1).collect();
+    let x: Vec<f32> = (0..128).map(|j| (j as f32 * 0.37).sin()).collect();
+    let mut w = weight(
+        TensorType::I2S,
+        2,
+        128,
+        i2s::pack(&vals, 2, 128, 0.25).unwrap(),
+    );
+    let (mut plain, mut scaled) = ([0f32; 2], [0f32; 2]);
+    w.matmul(&x, 1, &mut plain, 1, &KernelStats::default());
+    w.post_scale = Some(3.0);
+    w.matmul(&x, 1, &mut scaled, 1, &KernelStats::default());
+    assert_eq!(scaled, [plain[0] * 3.0, plain[1] * 3.0]);
+}

@@ -385,6 +385,20 @@ fn the_valid_model_loads() {
 }
 
 #[test]
+fn a_huge_declared_context_allocates_only_what_is_used() {
+    // 2^24 positions x 64 KV floats x 2 would be 8 GiB up front; the cache grows with use.
+    let bytes = build(&Knobs {
+        extra_kv: Some(("bitnet.context_length", Value::U32(1 << 24))),
+        ..Default::default()
+    });
+    let m = Model::from_gguf(Arc::new(Gguf::from_bytes(bytes).unwrap())).unwrap();
+    assert_eq!(m.config.context_length, 1 << 24);
+    let mut st = m.new_state();
+    let logits = m.forward(&mut st, &[1, 3, 3], true).unwrap();
+    assert_eq!(logits.len(), 3 * VOCAB);
+}
+
+#[test]
 fn every_malformed_class_gives_its_typed_error() {
     let corpus = corpus();
     assert!(corpus.len() >= 15);

@@ -370,3 +370,21 @@ fn seeded_sampling_is_identical_across_runs_and_thread_counts() {
         "sampling at temperature 0.9 should differ from greedy"
     );
 }
+
+#[test]
+fn generating_from_an_empty_prompt_is_an_error() {
+    let model = Model::load(converted("i2_s", "f32")).unwrap();
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let opts = bitnet::generate::GenerateOptions {
+        max_tokens: 4,
+        sampler: bitnet::sample::SamplerParams::greedy(),
+        stop: vec![],
+        ignore_eos: false,
+    };
+    let r = bitnet::generate::generate(&model, &tok, &[], &opts, &mut |_| true);
+    assert!(
+        matches!(r, Err(bitnet::model::ModelError::EmptyPrompt)),
+        "{:?}",
+        r.map(|g| g.tokens)
+    );
+}

@@ -265,38 +265,32 @@ fn verify_doc(doc: &Json, opts: &VerifyOptions, c: &mut Ctx) {
         (None, None) => {}
     }
     if opts.replay {
-        replay(&r, c);
+        // Replay trusts the model-file audit (regular file, size, sha256, shape) that ran above.
+        if c.findings.iter().any(|f| f.rule.starts_with("model-")) {
+            c.fail(
+                Class::Replay,
+                "replay",
+                "not replayed: the model file failed its audit",
+            );
+        } else if !Path::new(&r.model_info.path).is_file() {
+            c.fail(
+                Class::Replay,
+                "replay",
+                format!("not replayed: model file {} not present", r.model_info.path),
+            );
+        } else {
+            replay(&r, c);
+        }
     }
 }
 
-/// Kernel ids and counts against the model's tensor types, shape and token counts.
+/// Kernel ids and counts against the model's tensor types, shape and token counts. Each
+/// weight role adds its calls and elements to the kernel family of its tensor type, so mixed
+/// types are accounted for role by role. Arithmetic is in u128: no receipt can overflow it.
 fn audit_kernels(r: &Receipt, c: &mut Ctx) {
+    use std::collections::BTreeMap;
     let m = &r.model_info;
     let run = &r.run;
-    let role_type = |role: &str| m.tensor_types.get(role).map(String::as_str).unwrap_or("?");
-    let ternary = role_type("attn_q");
-    let roles = [
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_gate",
-        "ffn_up",
-        "ffn_down",
-    ];
-    if roles.iter().any(|r| role_type(r) != ternary) {
-        c.notes
-            .push("layer matrices of mixed types: per-family counts not checked".into());
-        return;
-    }
-    let (Some(mat_family), Some(out_family)) = (family(ternary), family(role_type("output")))
-    else {
-        return c.fail(
-            Class::Audit,
-            "tensor-types",
-            format!("unknown tensor types {:?}", m.tensor_types),
-        );
-    };
     if run.decode_steps > run.generated_tokens || run.decode_steps + 1 < run.generated_tokens {
         c.fail(
             Class::Audit,
@@ -307,48 +301,73 @@ fn audit_kernels(r: &Receipt, c: &mut Ctx) {
             ),
         );
     }
-    let kv = m.hidden / m.heads * m.kv_heads;
-    let per_token =
-        (m.layers * (2 * m.hidden * m.hidden + 2 * m.hidden * kv + 3 * m.hidden * m.ffn)) as u64;
-    let (prompt, steps) = (run.prompt_tokens as u64, run.decode_steps as u64);
-    let layer_calls = 7 * m.layers as u64;
-    // The prompt runs as one GEMM (a one-token prompt as a GEMV), then one GEMV per step.
-    let mut want: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    let mut add = |id: String, calls: u64, elements: u64| {
-        let e = want.entry(id).or_insert((0, 0));
-        e.0 += calls;
-        e.1 += elements;
-    };
-    let mats = |kind: &str| format!("{mat_family}_{kind}");
-    let out = |kind: &str| format!("{out_family}_{kind}");
-    let out_elems = (m.vocab * m.hidden) as u64;
-    if prompt > 0 {
-        let kind = if prompt == 1 { "gemv" } else { "gemm" };
-        add(mats(kind), layer_calls, prompt * per_token);
-        add(out("gemv"), 1, out_elems);
+    let (h, f, kv) = (
+        m.hidden as u128,
+        m.ffn as u128,
+        (m.hidden / m.heads * m.kv_heads) as u128,
+    );
+    let roles: [(&str, u128, u128); 8] = [
+        ("attn_q", h, h),
+        ("attn_k", kv, h),
+        ("attn_v", kv, h),
+        ("attn_output", h, h),
+        ("ffn_gate", f, h),
+        ("ffn_up", f, h),
+        ("ffn_down", h, f),
+        ("output", m.vocab as u128, h),
+    ];
+    let (prompt, steps, layers) = (
+        run.prompt_tokens as u128,
+        run.decode_steps as u128,
+        m.layers as u128,
+    );
+    let mut want: BTreeMap<String, (u128, u128)> = BTreeMap::new();
+    for (role, rows, cols) in roles {
+        let ty = m.tensor_types.get(role).map(String::as_str).unwrap_or("?");
+        let Some(fam) = family(ty) else {
+            return c.fail(
+                Class::Audit,
+                "tensor-types",
+                format!("{role} has unknown tensor type {ty:?}"),
+            );
+        };
+        // Layer matrices run once per layer per forward pass; the output projection once per
+        // pass, for the last position only.
+        let (per_pass, prompt_rows) = if role == "output" {
+            (1, 1.min(prompt))
+        } else {
+            (layers, prompt)
+        };
+        let mut add = |kind: &str, calls: u128, elements: u128| {
+            let e = want.entry(format!("{fam}_{kind}")).or_insert((0, 0));
+            e.0 += calls;
+            e.1 += elements;
+        };
+        if prompt > 0 {
+            let kind = if prompt_rows == 1 { "gemv" } else { "gemm" };
+            add(kind, per_pass, per_pass * rows * cols * prompt_rows);
+        }
+        if steps > 0 {
+            add("gemv", per_pass * steps, per_pass * rows * cols * steps);
+        }
     }
-    if steps > 0 {
-        add(mats("gemv"), layer_calls * steps, steps * per_token);
-        add(out("gemv"), steps, steps * out_elems);
-    }
-    let mut got: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut got: BTreeMap<String, (u128, u128)> = BTreeMap::new();
     for k in &r.kernels {
         // The implementation suffix (scalar, avx2, ...) does not change what was computed.
         let base =
-            k.id.split('_')
-                .take_while(|p| !matches!(*p, "scalar" | "avx2" | "avx512" | "vnni" | "neon"))
-                .collect::<Vec<_>>()
-                .join("_");
+            k.id.rsplit_once('_')
+                .map_or(k.id.as_str(), |(b, _)| b)
+                .to_string();
         let e = got.entry(base).or_insert((0, 0));
-        e.0 += k.calls;
-        e.1 += k.elements;
+        e.0 += k.calls as u128;
+        e.1 += k.elements as u128;
     }
     for (id, &(calls, elements)) in &got {
         match want.get(id) {
             None => c.fail(
                 Class::Audit,
                 "kernel-not-implied",
-                format!("kernel {id} ({calls} calls) is not used by a model whose matrices are {ternary} and output {}", role_type("output")),
+                format!("kernel {id} ({calls} calls) is not used by a model with tensor types {:?}", m.tensor_types),
             ),
             Some(&(wc, we)) if (wc, we) != (calls, elements) => c.fail(
                 Class::Audit,
@@ -415,31 +434,68 @@ fn audit_performance(r: &Receipt, c: &mut Ctx) {
     }
 }
 
+/// When the model file is present: it must be a regular file of the recorded size and hash,
+/// and its hyperparameters and tensor types must be the ones the receipt states.
 fn audit_model_file(r: &Receipt, c: &mut Ctx) {
-    let path = Path::new(&r.model_info.path);
-    if !path.exists() {
+    let m = &r.model_info;
+    let path = Path::new(&m.path);
+    let Ok(meta) = std::fs::metadata(path) else {
         c.notes.push(format!(
-            "model file {} not present: sha256 not checked",
+            "model file {} not present: sha256 and shape not checked",
             path.display()
         ));
         return;
-    }
-    match receipt::sha256_file(path) {
-        Err(e) => c.fail(
+    };
+    if !meta.is_file() || meta.len() != m.file_size {
+        return c.fail(
             Class::Audit,
-            "model-sha256",
-            format!("{}: {e}", path.display()),
-        ),
-        Ok(h) if h != r.model_info.sha256 => c.fail(
+            "model-file",
+            format!(
+                "{} is not a regular file of {} bytes",
+                path.display(),
+                m.file_size
+            ),
+        );
+    }
+    let model = match Model::load(path) {
+        Ok(model) => model,
+        Err(e) => {
+            return c.fail(
+                Class::Audit,
+                "model-shape",
+                format!("{}: {e}", path.display()),
+            )
+        }
+    };
+    let mut actual = match receipt::model_info(&model, path) {
+        Ok(a) => a,
+        Err(e) => {
+            return c.fail(
+                Class::Audit,
+                "model-sha256",
+                format!("{}: {e}", path.display()),
+            )
+        }
+    };
+    if actual.sha256 != m.sha256 {
+        return c.fail(
             Class::Audit,
             "model-sha256",
             format!(
-                "{} has sha256 {h}, the receipt says {}",
+                "{} has sha256 {}, the receipt says {}",
                 path.display(),
-                r.model_info.sha256
+                actual.sha256,
+                m.sha256
             ),
-        ),
-        Ok(_) => {}
+        );
+    }
+    actual.path = m.path.clone();
+    if &actual != m {
+        c.fail(
+            Class::Audit,
+            "model-shape",
+            "model_info does not describe the model file (shape or tensor types differ)",
+        );
     }
 }
 
@@ -447,11 +503,6 @@ fn audit_model_file(r: &Receipt, c: &mut Ctx) {
 fn replay(r: &Receipt, c: &mut Ctx) {
     let path = Path::new(&r.model_info.path);
     let result = (|| -> Result<(String, usize), String> {
-        if receipt::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?
-            != r.model_info.sha256
-        {
-            return Err("the model file is not the one the receipt names".into());
-        }
         let mut model = Model::load(path).map_err(|e| e.to_string())?;
         model.threads = r.environment.threads.max(1);
         let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;

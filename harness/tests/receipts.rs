@@ -165,6 +165,25 @@ fn kernels_that_never_ran_are_rejected_even_when_resealed() {
 }
 
 #[test]
+fn declaring_other_tensor_types_does_not_switch_the_count_checks_off() {
+    let mut r = real_receipt("i2_s");
+    r.model_info
+        .tensor_types
+        .insert("attn_k".into(), "F16".into());
+    r.seal();
+    let v = check(&r, "mixed.json", &VerifyOptions::default());
+    let rules: Vec<&str> = v.findings.iter().map(|f| f.rule.as_str()).collect();
+    assert!(
+        rules.contains(&"model-shape"),
+        "the file's tensor types differ: {rules:?}"
+    );
+    assert!(
+        rules.contains(&"kernel-missing") || rules.contains(&"kernel-counts"),
+        "{rules:?}"
+    );
+}
+
+#[test]
 fn an_edited_field_breaks_the_digest() {
     let r = real_receipt("i2_s");
     let p = tmp("edited.json");

@@ -21,6 +21,10 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: u32 = 4;
 /// Nested arrays deeper than this are rejected (the format allows nesting; nobody needs 16 levels).
 const MAX_ARRAY_DEPTH: usize = 16;
+/// Metadata values decoded per file at most. Each takes ~32 bytes in memory however small it
+/// is in the file, so this bounds metadata memory to about 1 GiB (LLaMA-3's vocabulary and
+/// merges are ~0.4M values).
+const MAX_METADATA_VALUES: u64 = 1 << 25;
 
 /// Everything that can be wrong with a GGUF file. Each variant names what was found and
 /// where, so a one-line message is enough to act on.
@@ -400,7 +404,11 @@ impl Gguf {
     }
 
     fn parse(data: Backing) -> Result<Self> {
-        let mut c = Cursor { buf: &data, pos: 0 };
+        let mut c = Cursor {
+            buf: &data,
+            pos: 0,
+            values_left: MAX_METADATA_VALUES,
+        };
         let magic = c.bytes(4, "magic")?;
         if magic != MAGIC {
             return Err(GgufError::BadMagic {
@@ -616,6 +624,8 @@ pub fn align_up(x: u64, a: u64) -> u64 {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata values that may still be decoded.
+    values_left: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -712,6 +722,15 @@ impl<'a> Cursor<'a> {
                 })?;
                 let n = self.u64("array length")?;
                 self.check_count("array element", n, et.min_size())?;
+                if n > self.values_left {
+                    return Err(GgufError::AbsurdCount {
+                        what: "metadata value",
+                        count: n,
+                        remaining: self.remaining(),
+                        max: self.values_left,
+                    });
+                }
+                self.values_left -= n;
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.value(key, et, depth + 1)?);

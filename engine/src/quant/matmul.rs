@@ -139,6 +139,9 @@ impl Weight {
             // SAFETY: tasks cover disjoint row ranges, and `out` outlives the run.
             unsafe { self.rows_into(isa, r0..r1, x, n, acts, out_ptr) };
         });
+        if let Some(p) = self.post_scale {
+            out.iter_mut().for_each(|v| *v *= p);
+        }
         stats.record(
             self.kernel_id(n, isa),
             1,
