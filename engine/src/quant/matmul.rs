@@ -166,7 +166,24 @@ impl Weight {
         let mut scratch = vec![0f32; self.cols];
         for r in range {
             let row = self.row_bytes(r);
-            for t in 0..n {
+            let mut first = 0;
+            // Prompt processing: four tokens per pass over the row's codes.
+            #[cfg(target_arch = "x86_64")]
+            if self.ty == TensorType::I2S && isa == Isa::Avx2 {
+                while first + 4 <= n {
+                    let a = &acts[first..first + 4];
+                    // SAFETY: as for the one-token AVX2 arm below.
+                    let d = unsafe {
+                        i2s::avx2::dot_codes_x4(row, [&a[0].q, &a[1].q, &a[2].q, &a[3].q])
+                    };
+                    for (k, d) in d.into_iter().enumerate() {
+                        *out.0.add((first + k) * self.rows + r) =
+                            i2s::finish(d, &a[k], self.i2s_scale);
+                    }
+                    first += 4;
+                }
+            }
+            for t in first..n {
                 let xt = &x[t * self.cols..(t + 1) * self.cols];
                 let v = match (self.ty, isa) {
                     // SAFETY (avx2 arms): Isa::effective only yields Avx2 when the CPU has AVX2
