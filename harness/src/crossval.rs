@@ -7,9 +7,10 @@
 //! reference's top-1 differs from our choice; that divergence is accepted only as a near-tie
 //! (the reference's margin between its choice and ours below the noise floor).
 
-use crate::metrics::{compare, nll, PositionMetrics};
+use crate::metrics::{compare, PositionMetrics};
+use bitnet::cli::nll;
 use bitnet::generate::{generate, GenerateOptions};
-use bitnet::model::{Model, State};
+use bitnet::model::Model;
 use bitnet::sample::SamplerParams;
 use bitnet::tokenizer::Tokenizer;
 use bitnet_crossval::RefModel;
@@ -128,25 +129,13 @@ fn summarize(ms: &[PositionMetrics], nll_ref: f64, nll_ours: f64, greedy_ok: boo
     }
 }
 
-/// Teacher-forced logits from our engine.
+/// Teacher-forced logits from our engine (the same path as `bitnet logits`).
 fn our_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>, String> {
-    let mut state = State::new(&model.config);
-    match mode {
-        Mode::Batch => model
-            .forward(&mut state, tokens, true)
-            .map_err(|e| e.to_string()),
-        Mode::Seq => {
-            let mut out = Vec::with_capacity(tokens.len() * model.config.vocab_size);
-            for &t in tokens {
-                out.extend(
-                    model
-                        .forward(&mut state, &[t], true)
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            Ok(out)
-        }
-    }
+    let mode = match mode {
+        Mode::Seq => bitnet::cli::Mode::Seq,
+        Mode::Batch => bitnet::cli::Mode::Batch,
+    };
+    bitnet::cli::teacher_forced_logits(model, tokens, mode).map_err(|e| e.to_string())
 }
 
 pub fn run(

@@ -85,11 +85,6 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
-/// Negative log-likelihood of `target` under `logits`.
-pub fn nll(logits: &[f32], target: u32) -> f64 {
-    -log_softmax(logits)[target as usize]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +110,9 @@ mod tests {
         assert_eq!(m.max_abs_diff, 2.0);
         assert!(m.kl > 0.5);
         assert!(m.cosine < 0.7);
-        assert!((nll(&a, 0) - (-(3.0f64) + (3f64.exp() + 1f64.exp() + 4.0).ln())).abs() < 1e-9);
+        assert!(
+            (bitnet::cli::nll(&a, 0) - (-(3.0f64) + (3f64.exp() + 1f64.exp() + 4.0).ln())).abs()
+                < 1e-9
+        );
     }
 }

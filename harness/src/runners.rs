@@ -11,28 +11,10 @@ use bitnet::sample::Rng;
 use bitnet::tokenizer::Tokenizer;
 use bitnet_crossval::RefModel;
 use serde_json::{json, Value as Json};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 
 pub type RunResult = Result<(String, Json), String>;
-
-pub fn sha256_file(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
 
 fn input_str<'a>(g: &'a Gate, key: &str) -> Option<&'a str> {
     g.inputs.get(key).and_then(|v| v.as_str())
@@ -49,7 +31,8 @@ fn input_int(g: &Gate, key: &str, default: i64) -> Result<i64, String> {
 pub fn model_info(model: &Model, path: &Path) -> Result<ModelInfo, String> {
     Ok(ModelInfo {
         path: path.display().to_string(),
-        sha256: sha256_file(path)?,
+        sha256: bitnet::receipt::sha256_file(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
         arch: model.config.arch.clone(),
         vocab: model.config.vocab_size,
         layers: model.config.n_layers,
