@@ -163,7 +163,8 @@ impl Weight {
         acts: &[QuantRow],
         out: SendPtr,
     ) {
-        let mut scratch = vec![0f32; self.cols];
+        // Only the scalar float formats need a dequantization buffer; allocate it on first use.
+        let mut scratch = Vec::new();
         let mut range = range;
         // The output projection (F16, one row per vocabulary entry): four rows at a time.
         #[cfg(target_arch = "x86_64")]
@@ -226,7 +227,10 @@ impl Weight {
                     }
                     (TensorType::TQ2_0, _) => tq::dot_tq2(row, &acts[t]),
                     (TensorType::TQ1_0, _) => tq::dot_tq1(row, &acts[t]),
-                    (ty, _) => float::dot(ty, row, xt, &mut scratch),
+                    (ty, _) => {
+                        scratch.resize(self.cols, 0.0);
+                        float::dot(ty, row, xt, &mut scratch)
+                    }
                 };
                 *out.0.add(t * self.rows + r) = v;
             }
