@@ -7,7 +7,8 @@
 //! The FFN activation comes from `<arch>.hidden_activation` ("silu" default; "relu2" is the
 //! 2B-4T release's squared ReLU, and arch `bitnet-b1.58` defaults to it).
 //!
-//! [`Model::forward`] evaluates any number of consecutive tokens at once (one token = decode,
+//! [`Model::forward_batch`] evaluates several sequences in one pass (continuous batching);
+//! [`Model::forward`] is its one-sequence case: any number of consecutive tokens (one = decode,
 //! many = prompt batch), appending to the KV cache in [`State`].
 
 use crate::gguf::{Gguf, GgufError};
@@ -320,33 +321,66 @@ impl Model {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut seqs = [Seq {
+            state,
+            tokens,
+            all_logits,
+        }];
+        Ok(self.forward_batch(&mut seqs)?.pop().unwrap_or_default())
+    }
+
+    /// The forward pass. Evaluates several sequences in one pass: their tokens are stacked
+    /// into one activation matrix, so every weight matrix is read once per step for all of
+    /// them (continuous batching shares decode steps this way; a prompt is the one-sequence
+    /// case). Attention reads each sequence's own KV cache. Each row is computed exactly as
+    /// it would be alone, so results do not depend on what else is in the batch.
+    ///
+    /// Returns, per sequence, the logits of every one of its tokens or of its last one
+    /// (nothing for a sequence with no tokens). Nothing is evaluated if any sequence is
+    /// invalid.
+    pub fn forward_batch(&self, seqs: &mut [Seq<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
-        let n = tokens.len();
+        for s in seqs.iter() {
+            let n = s.tokens.len();
+            if s.state.pos + n > c.context_length {
+                return Err(ModelError::ContextFull {
+                    pos: s.state.pos,
+                    n,
+                    ctx: c.context_length,
+                });
+            }
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
+            }
+        }
+        // Row r of every activation matrix is token `rows[r].1` of sequence `rows[r].0`.
+        let rows: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| (0..s.tokens.len()).map(move |t| (i, t)))
+            .collect();
+        let n = rows.len();
         if n == 0 {
-            return Ok(Vec::new());
-        }
-        if state.pos + n > c.context_length {
-            return Err(ModelError::ContextFull {
-                pos: state.pos,
-                n,
-                ctx: c.context_length,
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange {
-                id,
-                vocab: c.vocab_size,
-            });
+            return Ok(vec![Vec::new(); seqs.len()]);
         }
         let (dim, ff, q_dim, kv_dim, hd) = (c.dim, c.hidden_dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let (th, st) = (self.threads, &self.stats);
-        let pos0 = state.pos;
+        for s in seqs.iter_mut() {
+            let end = s.state.pos + s.tokens.len();
+            if end > 0 {
+                s.state.rope.ensure(end - 1);
+            }
+        }
 
         // Residual stream, one row per token.
         let mut x = vec![0f32; n * dim];
-        for (t, &tok) in tokens.iter().enumerate() {
+        for (r, &(i, t)) in rows.iter().enumerate() {
+            let tok = seqs[i].tokens[t] as usize;
             self.token_embd
-                .dequantize_row(tok as usize, &mut x[t * dim..(t + 1) * dim]);
+                .dequantize_row(tok, &mut x[r * dim..(r + 1) * dim]);
         }
         let mut h = vec![0f32; n * dim];
         let mut q = vec![0f32; n * q_dim];
@@ -363,28 +397,30 @@ impl Model {
             w.wq.matmul(&h, n, &mut q, th, st);
             w.wk.matmul(&h, n, &mut k, th, st);
             w.wv.matmul(&h, n, &mut v, th, st);
-            state.rope.ensure(pos0 + n - 1);
-            for t in 0..n {
-                let pos = pos0 + t;
-                for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+            for (r, &(i, t)) in rows.iter().enumerate() {
+                let state = &mut *seqs[i].state;
+                let pos = state.pos + t;
+                for head in q[r * q_dim..(r + 1) * q_dim].chunks_exact_mut(hd) {
                     rope_neox(head, pos, c.rope_dim, &state.rope);
                 }
-                for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                for head in k[r * kv_dim..(r + 1) * kv_dim].chunks_exact_mut(hd) {
                     rope_neox(head, pos, c.rope_dim, &state.rope);
                 }
                 state
                     .kv_row(l, pos, true)
-                    .copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+                    .copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
                 state
                     .kv_row(l, pos, false)
-                    .copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+                    .copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
             }
-            for t in 0..n {
+            for (r, &(i, t)) in rows.iter().enumerate() {
+                let state = &mut *seqs[i].state;
+                let pos = state.pos + t;
                 state.attention(
                     l,
-                    pos0 + t,
-                    &q[t * q_dim..(t + 1) * q_dim],
-                    &mut att_out[t * q_dim..(t + 1) * q_dim],
+                    pos,
+                    &q[r * q_dim..(r + 1) * q_dim],
+                    &mut att_out[r * q_dim..(r + 1) * q_dim],
                 );
             }
             let sub = &mut q; // reuse: normalised attention output
@@ -403,22 +439,43 @@ impl Model {
             w.w_down.matmul(&up, n, &mut o, th, st);
             add_into(&mut x, &o);
         }
-        state.pos += n;
 
-        // Output: only the rows whose logits are wanted.
-        let first = if all_logits { 0 } else { n - 1 };
-        let rows = n - first;
-        rmsnorm_rows(
-            &mut h[..rows * dim],
-            &x[first * dim..],
-            &self.output_norm,
-            c.norm_eps,
-        );
-        let mut logits = vec![0f32; rows * c.vocab_size];
-        self.output
-            .matmul(&h[..rows * dim], rows, &mut logits, th, st);
-        Ok(logits)
+        // Output: only the rows whose logits are wanted, in one product.
+        let wanted: Vec<usize> = (0..n)
+            .filter(|&r| {
+                let (i, t) = rows[r];
+                seqs[i].all_logits || t + 1 == seqs[i].tokens.len()
+            })
+            .collect();
+        let m = wanted.len();
+        for (j, &r) in wanted.iter().enumerate() {
+            rmsnorm_rows(
+                &mut h[j * dim..(j + 1) * dim],
+                &x[r * dim..(r + 1) * dim],
+                &self.output_norm,
+                c.norm_eps,
+            );
+        }
+        let vocab = c.vocab_size;
+        let mut logits = vec![0f32; m * vocab];
+        self.output.matmul(&h[..m * dim], m, &mut logits, th, st);
+        let mut out = vec![Vec::new(); seqs.len()];
+        for (j, &r) in wanted.iter().enumerate() {
+            out[rows[r].0].extend_from_slice(&logits[j * vocab..(j + 1) * vocab]);
+        }
+        for s in seqs.iter_mut() {
+            s.state.pos += s.tokens.len();
+        }
+        Ok(out)
     }
+}
+
+/// One sequence's share of a [`Model::forward_batch`] step: its state, the tokens to append,
+/// and whether the logits of all of them are wanted or only the last one's.
+pub struct Seq<'a> {
+    pub state: &'a mut State,
+    pub tokens: &'a [u32],
+    pub all_logits: bool,
 }
 
 /// A tensor that must exist with exactly `dims`, viewed as a matrix (1-D = one row).

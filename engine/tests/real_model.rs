@@ -388,3 +388,115 @@ fn generating_from_an_empty_prompt_is_an_error() {
         r.map(|g| g.tokens)
     );
 }
+
+/// Continuous batching stacks several sequences (prompts and single decode tokens, at
+/// different positions) into one forward pass; each must get exactly the logits it gets alone.
+#[test]
+fn batched_sequences_get_the_logits_they_get_alone() {
+    use bitnet::model::Seq;
+    let model = Model::load(converted("i2_s", "f32")).unwrap();
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let prompts = [
+        "Once upon a time",
+        "The cat sat",
+        "Lily and Ben went to the park",
+    ];
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, true, false)).collect();
+    // Alone: prefill each prompt, then two decode steps.
+    let mut alone = Vec::new();
+    for p in &ids {
+        let mut st = model.new_state();
+        let a = model.forward(&mut st, p, true).unwrap();
+        let b = model.forward(&mut st, &[42], false).unwrap();
+        let c = model.forward(&mut st, &[7], false).unwrap();
+        alone.push((a, b, c));
+    }
+    // Together: prompts 0 and 1 in one step; then 0 and 1 decode while 2 prefills; then all
+    // three decode (2 gets its own first decode token).
+    let mut states: Vec<_> = (0..3).map(|_| model.new_state()).collect();
+    let [s0, s1, s2] = &mut states[..] else {
+        unreachable!()
+    };
+    let step1 = model
+        .forward_batch(&mut [
+            Seq {
+                state: s0,
+                tokens: &ids[0],
+                all_logits: true,
+            },
+            Seq {
+                state: s1,
+                tokens: &ids[1],
+                all_logits: true,
+            },
+        ])
+        .unwrap();
+    let step2 = model
+        .forward_batch(&mut [
+            Seq {
+                state: s2,
+                tokens: &ids[2],
+                all_logits: true,
+            },
+            Seq {
+                state: s0,
+                tokens: &[42],
+                all_logits: false,
+            },
+            Seq {
+                state: s1,
+                tokens: &[42],
+                all_logits: false,
+            },
+        ])
+        .unwrap();
+    let step3 = model
+        .forward_batch(&mut [
+            Seq {
+                state: s1,
+                tokens: &[7],
+                all_logits: false,
+            },
+            Seq {
+                state: s2,
+                tokens: &[42],
+                all_logits: false,
+            },
+            Seq {
+                state: s0,
+                tokens: &[7],
+                all_logits: false,
+            },
+        ])
+        .unwrap();
+    assert!(step1[0] == alone[0].0 && step1[1] == alone[1].0, "prompts");
+    assert!(step2[0] == alone[2].0, "prompt next to decodes");
+    assert!(
+        step2[1] == alone[0].1 && step2[2] == alone[1].1,
+        "decodes next to a prompt"
+    );
+    assert!(step3[2] == alone[0].2 && step3[0] == alone[1].2, "decodes");
+    assert!(step3[1] == alone[2].1, "a later sequence's first decode");
+    // An invalid sequence rejects the whole step and changes no state.
+    let before: Vec<usize> = states.iter().map(|s| s.pos).collect();
+    let [s0, s1, _] = &mut states[..] else {
+        unreachable!()
+    };
+    let bad = model.forward_batch(&mut [
+        Seq {
+            state: s0,
+            tokens: &[1],
+            all_logits: false,
+        },
+        Seq {
+            state: s1,
+            tokens: &[u32::MAX],
+            all_logits: false,
+        },
+    ]);
+    assert!(matches!(
+        bad,
+        Err(bitnet::model::ModelError::TokenOutOfRange { .. })
+    ));
+    assert_eq!(before, states.iter().map(|s| s.pos).collect::<Vec<_>>());
+}
