@@ -1,4 +1,5 @@
-//! The `bitnet` command line: run, inspect, tokenize, logits, perplexity, convert, synth.
+//! The `bitnet` command line: run, inspect, tokenize, logits, perplexity, convert, synth,
+//! serve.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 invalid input file (GGUF,
 //! model, tokenizer or checkpoint). Every error is one line on stderr.
@@ -89,6 +90,8 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// OpenAI-compatible HTTP server with continuous batching, health probes and metrics.
+    Serve(crate::serve::ServeArgs),
     /// Write a deterministic synthetic bitnet model.
     Synth {
         #[arg(long)]
@@ -250,6 +253,7 @@ fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Run(a) => run(a),
+        Command::Serve(a) => crate::serve::run(a),
         Command::Keygen { output } => {
             let mut seed = [0u8; 32];
             use std::io::Read;

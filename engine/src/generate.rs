@@ -103,6 +103,88 @@ impl TextStream {
     }
 }
 
+/// What comes after a sampled token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Feed this token to the model and sample again.
+    Token(u32),
+    /// Generation is over.
+    Done(StopReason),
+}
+
+/// One sequence's sampling side of generation: the sampler, the token history the penalties
+/// look at, the text stream with its stop strings, and the limits. [`generate`] and the
+/// server's continuous-batching scheduler both drive it, one set of logits at a time.
+pub struct Decoder {
+    sampler: Sampler,
+    stream: TextStream,
+    history: Vec<u32>,
+    /// Tokens generated so far.
+    pub tokens: Vec<u32>,
+    max_tokens: usize,
+    ignore_eos: bool,
+}
+
+impl Decoder {
+    pub fn new(prompt: &[u32], opts: &GenerateOptions) -> Self {
+        Decoder {
+            sampler: Sampler::new(opts.sampler.clone()),
+            stream: TextStream::new(opts.stop.clone()),
+            history: prompt.to_vec(),
+            tokens: Vec::new(),
+            max_tokens: opts.max_tokens,
+            ignore_eos: opts.ignore_eos,
+        }
+    }
+
+    /// Samples the next token from `logits` (the model's output after the last token fed,
+    /// whose position is `pos`; `ctx` is the context length). Returns the text that became
+    /// final, and what to do next.
+    pub fn step(
+        &mut self,
+        logits: &[f32],
+        tok: &Tokenizer,
+        pos: usize,
+        ctx: usize,
+    ) -> Result<(String, Next), ModelError> {
+        if self.tokens.len() >= self.max_tokens {
+            return Ok((String::new(), Next::Done(StopReason::Length)));
+        }
+        let next = self.sampler.sample(logits, &self.history);
+        if tok.is_eog(next) && !self.ignore_eos {
+            return Ok((String::new(), Next::Done(StopReason::Eos)));
+        }
+        self.tokens.push(next);
+        self.history.push(next);
+        let bytes = tok
+            .token_bytes(next)
+            .map_err(|_| ModelError::TokenOutOfRange {
+                id: next,
+                vocab: tok.vocab_size(),
+            })?;
+        let (piece, hit) = self.stream.push(&bytes);
+        let next = if let Some(s) = hit {
+            Next::Done(StopReason::StopString(s))
+        } else if self.tokens.len() == self.max_tokens {
+            Next::Done(StopReason::Length)
+        } else if pos >= ctx {
+            Next::Done(StopReason::ContextFull)
+        } else {
+            Next::Token(next)
+        };
+        Ok((piece, next))
+    }
+
+    /// The text held back at the end (an incomplete character or a partial stop string);
+    /// empty after a stop string, whose text is never shown.
+    pub fn finish(&mut self, stop: &StopReason) -> String {
+        match stop {
+            StopReason::StopString(_) => String::new(),
+            _ => self.stream.finish(),
+        }
+    }
+}
+
 /// Generates after `prompt` (token ids, BOS included if wanted). `on_text` receives each
 /// finished piece of text and returns false to stop.
 pub fn generate(
@@ -115,63 +197,36 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(ModelError::EmptyPrompt);
     }
+    let ctx = model.config.context_length;
     let mut state = State::new(&model.config);
-    let mut sampler = Sampler::new(opts.sampler.clone());
-    let mut stream = TextStream::new(opts.stop.clone());
-    let mut history = prompt.to_vec();
-    let mut tokens = Vec::new();
+    let mut dec = Decoder::new(prompt, opts);
     let mut text = String::new();
     let t0 = Instant::now();
     let mut logits = model.forward(&mut state, prompt, false)?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
-    let mut stop = StopReason::Length;
     let mut decode_steps = 0;
-    while tokens.len() < opts.max_tokens {
-        let next = sampler.sample(&logits, &history);
-        if tok.is_eog(next) && !opts.ignore_eos {
-            stop = StopReason::Eos;
-            break;
-        }
-        tokens.push(next);
-        history.push(next);
-        let bytes = tok
-            .token_bytes(next)
-            .map_err(|_| ModelError::TokenOutOfRange {
-                id: next,
-                vocab: tok.vocab_size(),
-            })?;
-        let (piece, hit) = stream.push(&bytes);
+    let stop = loop {
+        let (piece, next) = dec.step(&logits, tok, state.pos, ctx)?;
         text.push_str(&piece);
         let keep_going = piece.is_empty() || on_text(&piece);
-        if let Some(s) = hit {
-            stop = StopReason::StopString(s);
-            break;
+        match next {
+            Next::Done(stop) => break stop,
+            Next::Token(_) if !keep_going => break StopReason::Cancelled,
+            Next::Token(t) => {
+                logits = model.forward(&mut state, &[t], false)?;
+                decode_steps += 1;
+            }
         }
-        if !keep_going {
-            stop = StopReason::Cancelled;
-            break;
-        }
-        if tokens.len() == opts.max_tokens {
-            break;
-        }
-        if state.pos >= model.config.context_length {
-            stop = StopReason::ContextFull;
-            break;
-        }
-        logits = model.forward(&mut state, &[next], false)?;
-        decode_steps += 1;
-    }
-    if !matches!(stop, StopReason::StopString(_)) {
-        let rest = stream.finish();
-        if !rest.is_empty() {
-            on_text(&rest);
-            text.push_str(&rest);
-        }
+    };
+    let rest = dec.finish(&stop);
+    if !rest.is_empty() {
+        on_text(&rest);
+        text.push_str(&rest);
     }
     Ok(Generation {
         prompt_tokens: prompt.len(),
-        tokens,
+        tokens: dec.tokens,
         text,
         stop,
         decode_steps,

@@ -20,6 +20,7 @@ pub mod pool;
 pub mod quant;
 pub mod receipt;
 pub mod sample;
+pub mod serve;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,507 @@
+//! `bitnet serve`: an OpenAI-compatible HTTP server (tokio + axum) over a continuous-batching
+//! scheduler.
+//!
+//! Life cycle: bind the socket and print `bitnet serve: listening on http://ADDR` at once
+//! (probes get answers while the model loads), load the model on a thread, start the
+//! scheduler ([`scheduler`]), then serve. On SIGTERM or SIGINT readiness turns 503 at once,
+//! new work gets 503 with Retry-After, queued and running requests finish (up to
+//! `--drain-timeout`, after which they are ended with an error), the scheduler stops, the
+//! HTTP server closes, and the process exits 0.
+//!
+//! Routes: [`api`] (completions, chat, models, tokenize), and here `/health`,
+//! `/health/live`, `/health/ready`, `/metrics` (alias `/health/metrics`).
+
+pub mod api;
+pub mod chat;
+pub mod limit;
+pub mod metrics;
+pub mod scheduler;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[arg(short, long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences generated at once (they share every forward step).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests that may wait for a free sequence; beyond it, 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Compute threads (default: BITNET_THREADS, else all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Seconds a request may take from arrival to its last token.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Completion requests per second per client address (0 = no limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit: f64,
+    /// Burst size for --rate-limit.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate_burst: f64,
+    /// Chat template: a built-in name (chatml, llama3, llama2, bitnet, plain) or a Jinja file.
+    /// Default: the model's `tokenizer.chat_template`, else chatml.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Model id reported by /v1/models (default: the file name without extension).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Latency under which a completion counts as meeting the SLA in /health, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub sla_ms: u64,
+    /// Wait this long before loading the model (to rehearse slow starts and startup probes).
+    #[arg(long, default_value_t = 0)]
+    pub startup_delay_ms: u64,
+}
+
+impl ServeArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout)
+    }
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Usage(m.into()));
+        if self.parallel == 0 {
+            return bad("--parallel must be at least 1");
+        }
+        if self.threads == Some(0) {
+            return bad("--threads must be at least 1");
+        }
+        if self.request_timeout == 0 {
+            return bad("--request-timeout must be at least 1 second");
+        }
+        if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
+            return bad("--rate-limit must be a non-negative number");
+        }
+        if self.rate_burst < 1.0 || !self.rate_burst.is_finite() {
+            return bad("--rate-burst must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What exists once the model has loaded.
+pub struct Loaded {
+    pub model: Arc<Model>,
+    pub tok: Arc<Tokenizer>,
+    pub chat: chat::ChatTemplate,
+}
+
+/// Everything the handlers share.
+pub struct App {
+    pub opts: ServeArgs,
+    pub sh: Arc<scheduler::Shared>,
+    pub metrics: metrics::Metrics,
+    pub limiter: Option<limit::RateLimiter>,
+    pub loaded: OnceLock<Loaded>,
+    pub load_error: OnceLock<String>,
+    pub in_flight: AtomicUsize,
+    pub next_id: AtomicU64,
+    pub model_id: String,
+    pub started_unix: u64,
+    pub threads: usize,
+}
+
+/// Identifies the build in answers (OpenAI's `system_fingerprint`).
+pub fn fingerprint() -> String {
+    format!("bitnet-{}", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(api::completions))
+        .route("/v1/chat/completions", post(api::chat_completions))
+        .route("/v1/models", get(api::models))
+        .route("/tokenize", post(api::tokenize))
+        .route("/detokenize", post(api::detokenize))
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .route("/health/metrics", get(prometheus))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count))
+        .with_state(app)
+}
+
+/// Counts every answer by route and status for /metrics.
+async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let r = next.run(req).await;
+    app.metrics.count_response(&route, r.status().as_u16());
+    r
+}
+
+async fn live(State(app): State<Arc<App>>) -> Response {
+    // The scheduler starts after loading; once started it must stay alive.
+    if app.loaded.get().is_some() && !app.sh.alive.load(Ordering::SeqCst) && !draining(&app) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "dead", "reason": "scheduler_dead"})),
+        )
+            .into_response();
+    }
+    Json(json!({"status": "alive"})).into_response()
+}
+
+fn draining(app: &App) -> bool {
+    app.sh.draining.load(Ordering::SeqCst)
+}
+
+/// Why the server is not ready, or None when it is.
+fn not_ready(app: &App) -> Option<&'static str> {
+    if app.load_error.get().is_some() {
+        Some("load_failed")
+    } else if draining(app) {
+        Some("draining")
+    } else if app.loaded.get().is_none() {
+        Some("loading")
+    } else if !app.sh.alive.load(Ordering::SeqCst) {
+        Some("scheduler_dead")
+    } else if app.sh.queue_depth() >= app.sh.queue_limit {
+        Some("queue_full")
+    } else {
+        None
+    }
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    match not_ready(&app) {
+        None => Json(json!({"ready": true})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+/// CPU features, threads and the honest absence of a GPU.
+pub fn device(threads: usize) -> Value {
+    json!({
+        "cpu": {
+            "arch": std::env::consts::ARCH,
+            "features": crate::receipt::cpu_features(),
+            "kernels": format!("{:?}", crate::quant::matmul::Isa::detect()).to_lowercase(),
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+        "threads": threads,
+        "gpu": "none",
+    })
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let reason = not_ready(&app);
+    let status = match reason {
+        None => "healthy",
+        Some("load_failed" | "scheduler_dead") => "unhealthy",
+        Some(_) => "degraded",
+    };
+    let sh = &app.sh;
+    let model = match (app.loaded.get(), app.load_error.get()) {
+        (Some(l), _) => json!({
+            "status": "loaded",
+            "id": app.model_id,
+            "path": app.opts.model.display().to_string(),
+            "architecture": l.model.config.arch,
+            "context_length": l.model.config.context_length,
+        }),
+        (None, Some(e)) => json!({"status": "failed", "error": e}),
+        (None, None) => json!({"status": "loading"}),
+    };
+    let in_flight = app.in_flight.load(Ordering::SeqCst);
+    let body = json!({
+        "status": status,
+        "reason": reason,
+        "timestamp": crate::receipt::now_rfc3339(),
+        "uptime_seconds": app.metrics.started.elapsed().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "components": {
+            "model": model,
+            "scheduler": {
+                "status": if sh.alive.load(Ordering::SeqCst) { "running" } else if app.loaded.get().is_some() { "stopped" } else { "not_started" },
+                "draining": draining(&app),
+                "queue_depth": sh.queue_depth(),
+                "queue_limit": sh.queue_limit,
+            },
+            "batch_engine": {
+                "mode": "continuous",
+                "parallel": sh.parallel,
+                "active_sequences": sh.active.load(Ordering::SeqCst),
+                "forward_steps": sh.steps.load(Ordering::Relaxed),
+                "kv_cache_tokens": sh.kv_tokens.load(Ordering::Relaxed),
+            },
+            "device_monitor": device(app.threads),
+        },
+        "system": app.metrics.system(sh, in_flight),
+        "performance": app.metrics.performance(),
+    });
+    let code = if status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn prometheus(State(app): State<Arc<App>>) -> Response {
+    let kv_bytes = app.loaded.get().map_or(0, |l| {
+        let c = &l.model.config;
+        2 * c.n_layers * c.kv_dim() * std::mem::size_of::<f32>()
+    });
+    let text = app
+        .metrics
+        .prometheus(&app.sh, app.in_flight.load(Ordering::SeqCst), kv_bytes);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Loads the model, tokenizer and chat template.
+fn load(opts: &ServeArgs) -> Result<Loaded> {
+    let file = Arc::new(crate::gguf::Gguf::open(&opts.model)?);
+    let tok = Tokenizer::from_gguf(&file)?;
+    let gguf_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
+    let mut model = Model::from_gguf(file)?;
+    if let Some(t) = opts.threads {
+        model.threads = t;
+    }
+    let (name, source) = match (&opts.chat_template, gguf_template) {
+        (Some(t), _) if chat::BUILTIN.iter().any(|(n, _)| n == t) => (t.clone(), t.clone()),
+        (Some(path), _) => (
+            path.clone(),
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+        ),
+        (None, Some(t)) => ("gguf".to_string(), t),
+        (None, None) => ("chatml".to_string(), "chatml".to_string()),
+    };
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tok.token_text(i))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let chat = chat::ChatTemplate::new(&name, &source, &text(tok.bos()), &text(tok.eos()))
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Loaded {
+        model: Arc::new(model),
+        tok: Arc::new(tok),
+        chat,
+    })
+}
+
+/// Runs the server until SIGTERM/SIGINT, then drains and returns.
+pub fn run(opts: ServeArgs) -> Result<()> {
+    opts.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bitnet-http")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    runtime.block_on(serve(opts))
+}
+
+async fn serve(opts: ServeArgs) -> Result<()> {
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::io(&addr, e))?;
+    let local = listener.local_addr().map_err(|e| Error::io(&addr, e))?;
+    eprintln!("bitnet serve: listening on http://{local}");
+
+    let threads = opts.threads.unwrap_or(crate::env::get().threads);
+    let model_id = opts.alias.clone().unwrap_or_else(|| {
+        opts.model
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let limiter = (opts.rate_limit > 0.0)
+        .then(|| limit::RateLimiter::new(opts.rate_limit, opts.rate_burst, 100_000));
+    let app = Arc::new(App {
+        sh: scheduler::Shared::new(opts.parallel, opts.queue),
+        metrics: metrics::Metrics::new(Duration::from_millis(opts.sla_ms)),
+        limiter,
+        loaded: OnceLock::new(),
+        load_error: OnceLock::new(),
+        in_flight: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        model_id,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        threads,
+        opts,
+    });
+
+    // Load in the background; a failure ends the process with the load error's exit code.
+    let (fail_tx, mut fail_rx) = tokio::sync::mpsc::channel::<Error>(1);
+    let scheduler_thread = Arc::new(std::sync::Mutex::new(None));
+    {
+        let app = app.clone();
+        let handle = scheduler_thread.clone();
+        std::thread::Builder::new()
+            .name("bitnet-load".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_millis(app.opts.startup_delay_ms));
+                let t0 = Instant::now();
+                let loaded = match load(&app.opts) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = app.load_error.set(e.to_string());
+                        let _ = fail_tx.blocking_send(e);
+                        return;
+                    }
+                };
+                let spawned =
+                    scheduler::spawn(loaded.model.clone(), loaded.tok.clone(), app.sh.clone());
+                match spawned {
+                    Ok(h) => *handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(h),
+                    Err(e) => {
+                        let _ = fail_tx.blocking_send(Error::io("scheduler thread", e));
+                        return;
+                    }
+                }
+                eprintln!(
+                    "bitnet serve: model {} loaded in {:.2} s ({} threads, {} parallel sequences, chat template {})",
+                    app.model_id,
+                    t0.elapsed().as_secs_f64(),
+                    loaded.model.threads,
+                    app.sh.parallel,
+                    loaded.chat.name
+                );
+                let _ = app.loaded.set(loaded);
+            })
+            .map_err(|e| Error::io("loader thread", e))?;
+    }
+
+    if app.limiter.is_some() {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                if let Some(l) = &app.limiter {
+                    l.sweep(Instant::now());
+                }
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+
+    // Serve until a signal (or a load failure), then drain while still answering probes.
+    let load_failure = tokio::select! {
+        r = &mut server => return r.map_err(|e| Error::io("http server", e)),
+        _ = shutdown_signal() => None,
+        Some(e) = fail_rx.recv() => Some(e),
+    };
+    if let Some(e) = load_failure {
+        eprintln!("bitnet serve: model failed to load: {e}");
+        return Err(e);
+    }
+    app.sh.start_draining();
+    eprintln!(
+        "bitnet serve: draining: {} running, {} queued (up to {} s)",
+        app.sh.active.load(Ordering::SeqCst),
+        app.sh.queue_depth(),
+        app.opts.drain_timeout
+    );
+    let deadline = Instant::now() + Duration::from_secs(app.opts.drain_timeout);
+    let drain = async {
+        while !app.sh.idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut server => return r.map_err(|e| Error::io("http server", e)),
+        _ = drain => {}
+    }
+    let clean = app.sh.idle();
+    app.sh.shut_down(!clean);
+    let handle = scheduler_thread
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(h) = handle {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
+    // Streams have ended; close the listener and let open answers finish (bounded).
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut server).await;
+    eprintln!(
+        "bitnet serve: stopped ({})",
+        if clean {
+            "all requests finished"
+        } else {
+            "drain timeout: unfinished requests were ended"
+        }
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
