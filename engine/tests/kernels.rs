@@ -246,3 +246,27 @@ fn a_post_scale_multiplies_the_product_afterwards() {
     w.matmul(&x, 1, &mut scaled, 1, &KernelStats::default());
     assert_eq!(scaled, [plain[0] * 3.0, plain[1] * 3.0]);
 }
+
+/// The multi-row GEMV keeps 16-bit partial sums over several blocks: at the largest
+/// magnitudes (every code +1 or -1, every activation at +-127) over many blocks it must still
+/// be exact, for every ISA, thread count and row-group remainder.
+#[test]
+fn i2s_gemv_is_exact_at_extreme_magnitudes_over_many_blocks() {
+    for (rows, cols) in [(4, 128 * 20), (7, 128 * 33), (9, 4096)] {
+        for (wv, xv) in [(1i8, 1.0f32), (-1, 1.0), (1, -1.0), (-1, -1.0)] {
+            let v = vec![wv; rows * cols];
+            let x = vec![xv; cols];
+            let packed = i2s::pack(&v, rows, cols, 1.0).unwrap();
+            let want = naive_i2s_gemm(&packed, rows, cols, 1.0, &x, 1);
+            let w = weight(TensorType::I2S, rows, cols, packed);
+            for isa in [Isa::Scalar, Isa::detect()] {
+                for threads in [1, 2] {
+                    let mut got = vec![0f32; rows];
+                    w.matmul_isa(isa, &x, 1, &mut got, threads, &KernelStats::default());
+                    assert_eq!(got, want, "{rows}x{cols} w={wv} x={xv} {isa:?} {threads}");
+                    assert_eq!(got[0], (wv as f32) * (xv as f32) * cols as f32);
+                }
+            }
+        }
+    }
+}
