@@ -150,57 +150,6 @@ pub mod avx2 {
         _mm_cvtsi128_si32(s)
     }
 
-    /// [`dot_codes`] of four weight rows against one token (generation): each activation
-    /// block is loaded once for four rows. Sums stay in 16-bit lanes for up to 8 blocks (at
-    /// most 8 * 4 * 2 * 2 * 128 = 16384 per lane, so nothing wraps) before being widened to
-    /// i32; the integer results are identical.
-    ///
-    /// # Safety
-    /// As [`dot_codes`], for each of the four rows.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_rows_x4(rows: [&[u8]; 4], q: &[i8]) -> [i32; 4] {
-        const WIDEN_EVERY: usize = 8;
-        let mask = _mm256_set1_epi8(3);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_si256(); 4];
-        let blocks = rows[0].len() / 32;
-        let x = q.as_ptr();
-        let mut b = 0;
-        while b < blocks {
-            let end = (b + WIDEN_EVERY).min(blocks);
-            let mut part = [_mm256_setzero_si256(); 4];
-            while b < end {
-                let qv = [
-                    _mm256_loadu_si256(x.add(b * 128) as *const __m256i),
-                    _mm256_loadu_si256(x.add(b * 128 + 32) as *const __m256i),
-                    _mm256_loadu_si256(x.add(b * 128 + 64) as *const __m256i),
-                    _mm256_loadu_si256(x.add(b * 128 + 96) as *const __m256i),
-                ];
-                for (p, row) in part.iter_mut().zip(rows) {
-                    let packed = _mm256_loadu_si256(row.as_ptr().add(b * 32) as *const __m256i);
-                    let c0 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), mask);
-                    let c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-                    let c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), mask);
-                    let c3 = _mm256_and_si256(packed, mask);
-                    let s01 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(c0, qv[0]),
-                        _mm256_maddubs_epi16(c1, qv[1]),
-                    );
-                    let s23 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(c2, qv[2]),
-                        _mm256_maddubs_epi16(c3, qv[3]),
-                    );
-                    *p = _mm256_add_epi16(*p, _mm256_add_epi16(s01, s23));
-                }
-                b += 1;
-            }
-            for (a, p) in acc.iter_mut().zip(part) {
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(p, ones));
-            }
-        }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
-    }
-
     /// [`dot_codes`] of one row against four token rows at once: each weight block is decoded
     /// once and used four times (prompt processing). Same exact integer results.
     ///

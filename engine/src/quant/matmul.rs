@@ -130,7 +130,7 @@ impl Weight {
         };
         // Rows in chunks, taken dynamically; each output element is written by exactly one
         // task, so the result does not depend on which thread ran it.
-        let chunk = self.rows.div_ceil(threads * 4).max(8).next_multiple_of(4);
+        let chunk = self.rows.div_ceil(threads * 4).max(8);
         let tasks = self.rows.div_ceil(chunk);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let acts = &acts;
@@ -184,27 +184,6 @@ impl Weight {
                     };
                     for (k, v) in d.into_iter().enumerate() {
                         *out.0.add(t * self.rows + r + k) = v;
-                    }
-                }
-                range.start += 4;
-            }
-        }
-        // Generation (fewer than four tokens): four weight rows per pass over the activations.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::I2S && isa == Isa::Avx2 && n < 4 {
-            while range.len() >= 4 {
-                let r = range.start;
-                let rows = [
-                    self.row_bytes(r),
-                    self.row_bytes(r + 1),
-                    self.row_bytes(r + 2),
-                    self.row_bytes(r + 3),
-                ];
-                for (t, a) in acts.iter().enumerate() {
-                    // SAFETY: as for the one-token AVX2 arm below.
-                    let d = unsafe { i2s::avx2::dot_rows_x4(rows, &a.q) };
-                    for (k, d) in d.into_iter().enumerate() {
-                        *out.0.add(t * self.rows + r + k) = i2s::finish(d, a, self.i2s_scale);
                     }
                 }
                 range.start += 4;
