@@ -188,9 +188,11 @@ impl Drop for Pool {
 }
 
 /// Most threads a pool will have: more than the cores only adds contention, and results do
-/// not depend on the count.
+/// not depend on the count. Computed once: `available_parallelism` reads cgroup files on every
+/// call, and [`get`] runs for every matrix product.
 pub fn max_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) * 2
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) * 2)
 }
 
 /// The shared pool for `threads` threads (clamped to [`max_threads`]; created on first use,
