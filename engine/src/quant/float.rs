@@ -126,6 +126,44 @@ pub mod avx2 {
         out
     }
 
+    /// [`dot_f16`] of two rows against `T` token rows (the output projection of a batch of
+    /// sequences): each weight vector is converted once and used for every token; every
+    /// (row, token) pair keeps its own add chain in exactly the order `dot_f16` uses.
+    ///
+    /// # Safety
+    /// As [`dot_f16`], for each row and each `xs[t]` (all the same length).
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn dot_f16_2xt<const T: usize>(rows: [&[u8]; 2], xs: [&[f32]; T]) -> [[f32; T]; 2] {
+        let len = xs[0].len();
+        let n8 = len / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); T]; 2];
+        for i in (0..n8).step_by(8) {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(
+                rows[0].as_ptr().add(2 * i) as *const __m128i
+            ));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(
+                rows[1].as_ptr().add(2 * i) as *const __m128i
+            ));
+            for t in 0..T {
+                let xv = _mm256_loadu_ps(xs[t].as_ptr().add(i));
+                acc[0][t] = _mm256_add_ps(acc[0][t], _mm256_mul_ps(w0, xv));
+                acc[1][t] = _mm256_add_ps(acc[1][t], _mm256_mul_ps(w1, xv));
+            }
+        }
+        let mut out = [[0f32; T]; 2];
+        for (r, row) in rows.iter().enumerate() {
+            for t in 0..T {
+                let mut tail = 0f32;
+                for i in n8..len {
+                    tail +=
+                        half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * xs[t][i];
+                }
+                out[r][t] = finish(acc[r][t], tail);
+            }
+        }
+        out
+    }
+
     /// # Safety
     /// AVX2 must be available; `row` holds `x.len()` little-endian f32 values.
     #[target_feature(enable = "avx2")]

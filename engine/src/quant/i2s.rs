@@ -150,16 +150,17 @@ pub mod avx2 {
         _mm_cvtsi128_si32(s)
     }
 
-    /// [`dot_codes`] of one row against four token rows at once: each weight block is decoded
-    /// once and used four times (prompt processing). Same exact integer results.
+    /// [`dot_codes`] of one row against `T` token rows at once (prompts, and the decode steps
+    /// of several sequences): each weight block is decoded once and used `T` times. Same exact
+    /// integer results.
     ///
     /// # Safety
-    /// As [`dot_codes`], for each of the four `q`.
+    /// As [`dot_codes`], for each of the `q`.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_codes_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+    pub unsafe fn dot_codes_xt<const T: usize>(row: &[u8], q: [&[i8]; T]) -> [i32; T] {
         let mask = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut acc = [_mm256_setzero_si256(); T];
         let w = row.as_ptr();
         for b in 0..row.len() / 32 {
             let packed = _mm256_loadu_si256(w.add(b * 32) as *const __m256i);
@@ -183,6 +184,6 @@ pub mod avx2 {
                 *a = _mm256_add_epi32(*a, _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones));
             }
         }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        acc.map(|a| hsum(a))
     }
 }

@@ -166,6 +166,30 @@ impl Weight {
         // Only the scalar float formats need a dequantization buffer; allocate it on first use.
         let mut scratch = Vec::new();
         let mut range = range;
+        // The output projection of several sequences (F16): two rows at a time against up to
+        // four tokens, each weight converted once for all of them.
+        #[cfg(target_arch = "x86_64")]
+        if self.ty == TensorType::F16 && isa == Isa::Avx2 && n >= 2 {
+            while range.len() >= 2 {
+                let r = range.start;
+                let rows = [self.row_bytes(r), self.row_bytes(r + 1)];
+                let mut t = 0;
+                while t < n {
+                    let k = (n - t).min(4);
+                    // SAFETY: as for the one-row AVX2 arm below; `out` as for this function.
+                    unsafe {
+                        match k {
+                            4 => f16_pair::<4>(rows, x, self.cols, t, r, self.rows, out),
+                            3 => f16_pair::<3>(rows, x, self.cols, t, r, self.rows, out),
+                            2 => f16_pair::<2>(rows, x, self.cols, t, r, self.rows, out),
+                            _ => f16_pair::<1>(rows, x, self.cols, t, r, self.rows, out),
+                        }
+                    }
+                    t += k;
+                }
+                range.start += 2;
+            }
+        }
         // The output projection (F16, one row per vocabulary entry): four rows at a time.
         #[cfg(target_arch = "x86_64")]
         if self.ty == TensorType::F16 && isa == Isa::Avx2 {
@@ -192,20 +216,33 @@ impl Weight {
         for r in range {
             let row = self.row_bytes(r);
             let mut first = 0;
-            // Prompt processing: four tokens per pass over the row's codes.
+            // Several tokens (a prompt, or the decode steps of several sequences): up to four
+            // per pass over the row's codes.
             #[cfg(target_arch = "x86_64")]
-            if self.ty == TensorType::I2S && isa == Isa::Avx2 {
-                while first + 4 <= n {
-                    let a = &acts[first..first + 4];
+            if self.ty == TensorType::I2S && isa == Isa::Avx2 && n >= 2 {
+                while first < n {
+                    let k = (n - first).min(4);
+                    let a = &acts[first..first + k];
                     // SAFETY: as for the one-token AVX2 arm below.
-                    let d = unsafe {
-                        i2s::avx2::dot_codes_x4(row, [&a[0].q, &a[1].q, &a[2].q, &a[3].q])
+                    let d: [i32; 4] = unsafe {
+                        match k {
+                            4 => i2s::avx2::dot_codes_xt(row, [&a[0].q, &a[1].q, &a[2].q, &a[3].q]),
+                            3 => {
+                                let d = i2s::avx2::dot_codes_xt(row, [&a[0].q, &a[1].q, &a[2].q]);
+                                [d[0], d[1], d[2], 0]
+                            }
+                            2 => {
+                                let d = i2s::avx2::dot_codes_xt(row, [&a[0].q, &a[1].q]);
+                                [d[0], d[1], 0, 0]
+                            }
+                            _ => [i2s::avx2::dot_codes(row, &a[0].q), 0, 0, 0],
+                        }
                     };
-                    for (k, d) in d.into_iter().enumerate() {
-                        *out.0.add((first + k) * self.rows + r) =
-                            i2s::finish(d, &a[k], self.i2s_scale);
+                    for (j, a) in a.iter().enumerate() {
+                        *out.0.add((first + j) * self.rows + r) =
+                            i2s::finish(d[j], a, self.i2s_scale);
                     }
-                    first += 4;
+                    first += k;
                 }
             }
             for t in first..n {
@@ -245,6 +282,33 @@ impl Weight {
             .iter()
             .find(|k| k.0 == self.ty && k.1 == gemv && k.2 == isa)
             .map_or("unsupported", |k| k.3)
+    }
+}
+
+/// Rows `r` and `r + 1` of the F16 product for tokens `t .. t + T`.
+///
+/// # Safety
+/// AVX2 and F16C are available; `out` points to the `n * out_rows` outputs and no other
+/// thread writes rows `r` and `r + 1`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn f16_pair<const T: usize>(
+    rows: [&[u8]; 2],
+    x: &[f32],
+    cols: usize,
+    t: usize,
+    r: usize,
+    out_rows: usize,
+    out: SendPtr,
+) {
+    let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t + j) * cols..(t + j + 1) * cols]);
+    // SAFETY: the caller's guarantees.
+    let d = unsafe { float::avx2::dot_f16_2xt(rows, xs) };
+    for (j, (&a, &b)) in d[0].iter().zip(&d[1]).enumerate() {
+        unsafe {
+            *out.0.add((t + j) * out_rows + r) = a;
+            *out.0.add((t + j) * out_rows + r + 1) = b;
+        }
     }
 }
 
