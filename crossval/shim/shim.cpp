@@ -166,11 +166,12 @@ void bx_reset(bx_model* m) {
 
 int bx_n_past(const bx_model* m) { return m->n_past; }
 
-// Appends n tokens after the cached ones, one llama_decode per token (batch = 0) or one for all
-// (batch = 1), and writes the logits of each of them to logits_out (n * n_vocab floats).
-// Returns 0, or a negative code: -1 bad arguments, -2 context full, -3 llama_decode failed.
-int bx_decode(bx_model* m, const int32_t* tokens, int n, int batch, float* logits_out,
-              double* seconds) {
+namespace {
+
+// bx_decode and bx_decode_last: with last_only, one batch that asks llama_decode for the last
+// token's logits alone (as llama-bench's prompt processing does) and writes n_vocab floats.
+int decode(bx_model* m, const int32_t* tokens, int n, int batch, int last_only,
+           float* logits_out, double* seconds) {
     if (n <= 0 || tokens == nullptr || logits_out == nullptr || m->ctx == nullptr) return -1;
     if (m->n_past + n > m->n_ctx) return -2;
     for (int i = 0; i < n; i++) {
@@ -187,25 +188,44 @@ int bx_decode(bx_model* m, const int32_t* tokens, int n, int batch, float* logit
             b.pos[i] = m->n_past + i;
             b.n_seq_id[i] = 1;
             b.seq_id[i][0] = 0;
-            b.logits[i] = 1;
+            b.logits[i] = (!last_only || start + i == n - 1) ? 1 : 0;
         }
         if (llama_decode(m->ctx, b) != 0) {
             llama_batch_free(b);
             return -3;
         }
         for (int i = 0; i < cnt; i++) {
+            if (last_only && start + i != n - 1) continue;
             const float* l = llama_get_logits_ith(m->ctx, i);
             if (l == nullptr) {
                 llama_batch_free(b);
                 return -3;
             }
-            memcpy(logits_out + (size_t)(start + i) * m->n_vocab, l, sizeof(float) * m->n_vocab);
+            const size_t row = last_only ? 0 : (size_t)(start + i);
+            memcpy(logits_out + row * m->n_vocab, l, sizeof(float) * m->n_vocab);
         }
         m->n_past += cnt;
     }
     llama_batch_free(b);
     if (seconds != nullptr) *seconds = seconds_since(t0);
     return 0;
+}
+
+}  // namespace
+
+// Appends n tokens after the cached ones, one llama_decode per token (batch = 0) or one for all
+// (batch = 1), and writes the logits of each of them to logits_out (n * n_vocab floats).
+// Returns 0, or a negative code: -1 bad arguments, -2 context full, -3 llama_decode failed.
+int bx_decode(bx_model* m, const int32_t* tokens, int n, int batch, float* logits_out,
+              double* seconds) {
+    return decode(m, tokens, n, batch, 0, logits_out, seconds);
+}
+
+// Appends n tokens as one batch and writes only the last token's logits (n_vocab floats):
+// prompt processing as llama-bench measures it. Return codes as bx_decode.
+int bx_decode_last(bx_model* m, const int32_t* tokens, int n, float* logits_out,
+                   double* seconds) {
+    return decode(m, tokens, n, 1, 1, logits_out, seconds);
 }
 
 // Logits of every position of tokens, from an empty KV cache.

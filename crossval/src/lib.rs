@@ -60,6 +60,13 @@ mod ffi {
             logits_out: *mut f32,
             seconds: *mut c_double,
         ) -> c_int;
+        pub fn bx_decode_last(
+            m: *mut BxModel,
+            tokens: *const i32,
+            n: c_int,
+            logits_out: *mut f32,
+            seconds: *mut c_double,
+        ) -> c_int;
         pub fn bx_i2s_matmul(
             w_i2s: *const u8,
             rows: c_int,
@@ -319,10 +326,27 @@ impl RefModel {
         Ok(self.append_timed(tokens, batch)?.0)
     }
 
+    /// [`RefModel::append`] plus the time spent in the reference.
     pub fn append_timed(
         &mut self,
         tokens: &[u32],
         batch: bool,
+    ) -> Result<(Vec<f32>, Duration), RefError> {
+        self.decode(tokens, batch, false)
+    }
+
+    /// Evaluates `tokens` as one batch after those already in the KV cache and returns only the
+    /// last token's logits (`n_vocab`), plus the time spent in the reference: prompt processing
+    /// as llama-bench measures it (no output projection for the other positions).
+    pub fn prefill_timed(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, Duration), RefError> {
+        self.decode(tokens, true, true)
+    }
+
+    fn decode(
+        &mut self,
+        tokens: &[u32],
+        batch: bool,
+        last_only: bool,
     ) -> Result<(Vec<f32>, Duration), RefError> {
         if tokens.is_empty() {
             return Ok((Vec::new(), Duration::ZERO));
@@ -335,18 +359,30 @@ impl RefModel {
                 n_ctx: self.n_ctx,
             });
         }
-        let mut out = vec![0f32; ids.len() * self.n_vocab];
+        let rows = if last_only { 1 } else { ids.len() };
+        let mut out = vec![0f32; rows * self.n_vocab];
         let mut secs = 0f64;
-        // SAFETY: ids has ids.len() tokens; out has room for ids.len() * n_vocab logits.
+        let n = c_len(ids.len(), "token count")?;
+        // SAFETY: ids has ids.len() tokens; out has room for the logits of `rows` tokens.
         let code = unsafe {
-            ffi::bx_decode(
-                self.ptr.as_ptr(),
-                ids.as_ptr(),
-                c_len(ids.len(), "token count")?,
-                batch as c_int,
-                out.as_mut_ptr(),
-                &mut secs,
-            )
+            if last_only {
+                ffi::bx_decode_last(
+                    self.ptr.as_ptr(),
+                    ids.as_ptr(),
+                    n,
+                    out.as_mut_ptr(),
+                    &mut secs,
+                )
+            } else {
+                ffi::bx_decode(
+                    self.ptr.as_ptr(),
+                    ids.as_ptr(),
+                    n,
+                    batch as c_int,
+                    out.as_mut_ptr(),
+                    &mut secs,
+                )
+            }
         };
         if code != 0 {
             return Err(RefError::Failed {

@@ -142,6 +142,37 @@ struct Diff {
     disagree_margin: Option<f32>,
 }
 
+/// `prefill_timed` (the benchmark's prompt processing: one batch, only the last logits) leaves
+/// the same KV cache and last-token logits as a batch that asks for every position's logits.
+#[test]
+fn prefill_with_last_logits_only_matches_a_full_batch() {
+    let mut r = RefModel::load(model_path(), 128, 1).expect("reference loads the model");
+    let n_vocab = r.n_vocab();
+    let tokens = r.tokenize(STORY, true, false).expect("reference tokenizer");
+    let (prompt, next) = (&tokens[..40], tokens[40]);
+    let full = r.logits(prompt, true).expect("full batch");
+    let after_full = r.append(&[next], false).expect("one more token");
+    r.reset();
+    let (last, _) = r.prefill_timed(prompt).expect("prefill, last logits only");
+    assert_eq!(r.n_past(), prompt.len());
+    assert_eq!(last.len(), n_vocab);
+    let after_last = r.append(&[next], false).expect("one more token");
+    let max_d = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let full_last = &full[(prompt.len() - 1) * n_vocab..];
+    assert_eq!(argmax(&last), argmax(full_last));
+    assert!(
+        max_d(&last, full_last) < 1e-3,
+        "{}",
+        max_d(&last, full_last)
+    );
+    assert!(max_d(&after_last, &after_full) < 1e-3);
+}
+
 fn compare(a: &[f32], b: &[f32], n_vocab: usize) -> Diff {
     assert_eq!(a.len(), b.len(), "logit counts differ");
     assert_eq!(a.len() % n_vocab, 0);

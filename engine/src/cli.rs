@@ -1,4 +1,4 @@
-//! The `bitnet` command line: run, inspect, tokenize, logits, perplexity, convert, synth,
+//! The `bitnet` command line: run, inspect, tokenize, logits, perplexity, convert, synth, bench,
 //! serve.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 invalid input file (GGUF,
@@ -90,6 +90,9 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Prefill and generation t/s per thread count (medians), peak RSS against its bound;
+    /// with --vs-reference, BitNet.cpp on the same file in the same run and the ratios.
+    Bench(crate::bench::BenchArgs),
     /// OpenAI-compatible HTTP server with continuous batching, health probes and metrics.
     Serve(crate::serve::ServeArgs),
     /// Write a deterministic synthetic bitnet model.
@@ -220,6 +223,7 @@ pub fn exit_code(e: &Error) -> i32 {
     match e {
         Error::Usage(_) => 2,
         Error::Io { .. } | Error::Gguf(crate::gguf::GgufError::Io { .. }) => 1,
+        Error::Runtime(_) => 1,
         Error::Convert(convert::ConvertError::Io { .. }) => 1,
         Error::Convert(convert::ConvertError::Usage(_)) => 2,
         _ => 3,
@@ -253,6 +257,7 @@ fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Run(a) => run(a),
+        Command::Bench(a) => crate::bench::cli(a),
         Command::Serve(a) => crate::serve::run(a),
         Command::Keygen { output } => {
             let mut seed = [0u8; 32];

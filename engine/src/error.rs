@@ -22,6 +22,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// A failure while running, not caused by the input file (e.g. the linked reference failed).
+    #[error("{0}")]
+    Runtime(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

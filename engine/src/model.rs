@@ -595,6 +595,15 @@ impl State {
         }
     }
 
+    /// Bytes the KV cache holds for the positions used so far (keys and values, every layer).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(|b| std::mem::size_of_val(b.as_slice()))
+            .sum()
+    }
+
     /// Forgets everything after position `pos` (e.g. to reuse a shared prompt prefix).
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);

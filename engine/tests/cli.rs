@@ -236,3 +236,76 @@ fn run_writes_a_receipt_whose_kernel_counts_match_the_model_shape() {
         bitnet::receipt::sha256_file(&model).unwrap().as_str()
     );
 }
+
+#[test]
+fn bench_prints_a_table_and_writes_json_with_the_rss_bound() {
+    let model = converted("i2_s", "f32");
+    let json = tmp(&format!("bench-{}.json", std::process::id()));
+    let out = bitnet()
+        .args(["bench", "-m"])
+        .arg(&model)
+        .args("-p 8 -n 4 -t 1,2 --repeats 1 --json".split(' '))
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("| threads | prefill t/s | generation t/s |"),
+        "{table}"
+    );
+    assert!(table.contains("peak RSS"), "{table}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["threads"].as_u64(), rows[1]["threads"].as_u64()),
+        (Some(1), Some(2))
+    );
+    for row in rows {
+        assert_eq!(row["ours"]["prefill_runs"].as_array().unwrap().len(), 1);
+        assert!(row["ours"]["gen_tps"].as_f64().unwrap() > 0.0);
+        assert!(row["reference"].is_null() && row["gen_ratio"].is_null());
+    }
+    let m = &r["memory"];
+    let file = std::fs::metadata(&model).unwrap().len();
+    assert_eq!(m["file_bytes"].as_u64(), Some(file));
+    // 12 positions x 8 layers x (keys + values) x kv_dim 128 (4 KV heads of 32) x f32.
+    assert_eq!(m["kv_cache_bytes"].as_u64(), Some(12 * 8 * 2 * 128 * 4));
+    assert_eq!(
+        m["bound_bytes"].as_u64(),
+        Some(file + 12 * 8 * 2 * 128 * 4 + (64 << 20))
+    );
+    assert_eq!(m["within_bound"].as_bool(), Some(true));
+}
+
+#[test]
+fn bench_rejects_bad_options_and_a_missing_reference_with_exit_2() {
+    let model = converted("i2_s", "f32");
+    let run = |args: &str| {
+        let out = bitnet()
+            .args(["bench", "-m"])
+            .arg(&model)
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    for bad in ["-t 0", "--repeats 0", "-n 0", "-p 100000"] {
+        let (code, err) = run(bad);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+    }
+    let (code, err) = run("-p 4 -n 2 -t 1 --repeats 1 --vs-reference");
+    if bitnet::bench::REFERENCE_AVAILABLE {
+        assert_eq!(code, Some(0), "{err}");
+    } else {
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("--features reference"), "{err}");
+    }
+}

@@ -164,7 +164,10 @@ fn streamed(body: &str, chat: bool) -> (String, String) {
     for (i, e) in ev[..ev.len() - 1].iter().enumerate() {
         let v: Value = serde_json::from_str(e).unwrap();
         if v["choices"] == json!([]) {
-            assert!(v["usage"].is_object(), "a chunk without choices carries usage");
+            assert!(
+                v["usage"].is_object(),
+                "a chunk without choices carries usage"
+            );
             continue;
         }
         let c = &v["choices"][0];

@@ -24,6 +24,12 @@ pub enum Kind {
     BadInput,
     /// Outputs equal a reviewed snapshot in golden/.
     Golden,
+    /// Speed as ratios measured in one run: ours/reference t/s, AVX2/scalar kernels; peak RSS
+    /// within its bound.
+    Perf,
+    /// A probe scenario (ci/probes/*.toml) against a launched `bitnet serve`: kubelet
+    /// simulator, load, faults; the verdict is the measurements.
+    Probe,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -41,6 +47,10 @@ pub struct Gate {
     pub inputs: toml::Table,
     #[serde(default)]
     pub thresholds: toml::Table,
+    /// A timed ratio that only means something in an optimised build: the gates test
+    /// (`cargo test`, a debug build) lists it as ignored; `bitnet-validate gates` runs it.
+    #[serde(default)]
+    pub release_only: bool,
 }
 
 fn yes() -> bool {
@@ -135,6 +145,8 @@ pub fn run_gate(g: &Gate, ctx: &Context) -> Outcome {
         Kind::Receipt => crate::runners::receipt(g, ctx),
         Kind::BadInput => crate::runners::bad_input(g, ctx),
         Kind::Golden => crate::golden::check(g, ctx),
+        Kind::Perf => crate::perf::gate(g, ctx),
+        Kind::Probe => crate::probe::gate(g, ctx),
     };
     let (passed, message, measurements) = match result {
         Err(e) => (false, format!("error: {e}"), Json::Null),

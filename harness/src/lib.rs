@@ -10,6 +10,7 @@ pub mod gates;
 pub mod golden;
 pub mod metrics;
 pub mod models;
+pub mod perf;
+pub mod probe;
 pub mod report;
 pub mod runners;
-pub mod timing;

@@ -58,26 +58,13 @@ enum Cmd {
         #[arg(long, default_value = "target/bitnet-validate")]
         out: PathBuf,
     },
-    /// Time the engine and the reference side by side on the same file (prefill and
-    /// one-token generation t/s per thread count, medians, ratios ours/reference).
-    Timing {
-        #[arg(short, long)]
-        model: PathBuf,
-        /// Prompt tokens.
-        #[arg(short, long, default_value_t = 128)]
-        prompt: usize,
-        /// Generated tokens.
-        #[arg(short = 'n', long, default_value_t = 32)]
-        gen: usize,
-        /// Thread counts, comma-separated.
-        #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
-        threads: Vec<usize>,
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// Write the rows as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    /// Time the engine and the reference side by side on the same file in the same process:
+    /// `bitnet bench --vs-reference` (this binary always links the reference).
+    Timing(bitnet::bench::BenchArgs),
+    /// Simulate the kubelet's startup/liveness/readiness probes against `bitnet serve` under
+    /// load and faults; prints the verdict. Exit 0 when it meets the scenario's [expect],
+    /// 1 when not (or the run failed), 2 on usage errors.
+    Probe(Box<ProbeArgs>),
     /// Run the gates of a gates file and write JUnit XML, a JSON summary and a Markdown table.
     Gates {
         #[arg(long, default_value = "ci/gates.toml")]
@@ -91,6 +78,33 @@ enum Cmd {
         #[arg(short, long)]
         threads: Option<usize>,
     },
+}
+
+/// Arguments of `probe` (boxed in `Cmd` to keep the enum small).
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The scenario (TOML, e.g. ci/probes/sigterm-drain.toml).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Probe a server that is already running (otherwise the scenario's [server] is launched).
+    #[arg(long)]
+    url: Option<String>,
+    /// The running server's process id, for faults that signal it (with --url); its exit is
+    /// seen, but not its exit code (it is not this process's child).
+    #[arg(long, requires = "url")]
+    pid: Option<i32>,
+    /// The bitnet binary to launch (default: next to this executable).
+    #[arg(long, conflicts_with = "url")]
+    bitnet: Option<PathBuf>,
+    /// Write the verdict JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the timeline JSON here.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+    /// Where models the scenario needs are built.
+    #[arg(long, default_value = "target/bitnet-validate")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -277,27 +291,17 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                 .min()
                 .unwrap_or(0))
         }
-        Cmd::Timing {
-            model,
-            prompt,
-            gen,
-            threads,
-            repeats,
-            json,
-        } => {
-            if threads.contains(&0) {
-                return Err("thread counts must be at least 1".into());
-            }
-            let rows = bitnet_validate::timing::run(&model, &threads, prompt, gen, repeats)?;
-            print!("{}", bitnet_validate::timing::table(&rows));
-            if let Some(path) = json {
-                write(
-                    &path,
-                    &serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?,
-                )?;
-            }
-            Ok(0)
+        Cmd::Timing(mut a) => {
+            a.vs_reference = true;
+            Ok(match bitnet::bench::cli(a) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    bitnet::cli::exit_code(&e)
+                }
+            })
         }
+        Cmd::Probe(a) => probe(*a),
         Cmd::Gates {
             config,
             filter,
@@ -349,6 +353,76 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                 0
             })
         }
+    }
+}
+
+fn probe(a: ProbeArgs) -> Result<i32, String> {
+    use bitnet_validate::probe::{self, Scenario, Target};
+    let s = Scenario::load(&a.scenario)?;
+    let target = match a.url {
+        Some(url) => {
+            if s.needs_pid() && a.pid.is_none() {
+                return Err(format!(
+                    "{}: the scenario sends SIGTERM; with --url give the server's --pid too",
+                    a.scenario.display()
+                ));
+            }
+            Target::Attach { url, pid: a.pid }
+        }
+        None => {
+            let server = s.server.as_ref().ok_or_else(|| {
+                format!(
+                    "{}: no [server] section: give --url of a running server",
+                    a.scenario.display()
+                )
+            })?;
+            let bin = match a.bitnet {
+                Some(b) => b,
+                None => probe::find_bitnet()?,
+            };
+            let ctx = Context {
+                shared: bitnet::env::get().shared.clone(),
+                work: a.out.clone(),
+                data: a.scenario.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                root: PathBuf::from("."),
+                threads: threads(None),
+            };
+            let model = server.model.materialize(&ctx)?;
+            Target::Launch { bin, model }
+        }
+    };
+    let report = match probe::execute(&s, target) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let m = report.measurements();
+    if let Some(obj) = m.as_object() {
+        for (k, v) in obj {
+            println!("{k:<30} {v}");
+        }
+    }
+    if let Some(path) = &a.json {
+        write(
+            path,
+            &serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?,
+        )?;
+    }
+    if let Some(path) = &a.timeline {
+        write(
+            path,
+            &serde_json::to_string_pretty(&report.timeline).map_err(|e| e.to_string())?,
+        )?;
+    }
+    println!("{}", report.summary());
+    if report.misses.is_empty() {
+        println!("verdict: as expected");
+        Ok(0)
+    } else {
+        println!("verdict: NOT as expected: {}", report.misses.join("; "));
+        Ok(1)
     }
 }
 

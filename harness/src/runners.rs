@@ -19,7 +19,7 @@ pub type RunResult = Result<(String, Json), String>;
 fn input_str<'a>(g: &'a Gate, key: &str) -> Option<&'a str> {
     g.inputs.get(key).and_then(|v| v.as_str())
 }
-fn input_int(g: &Gate, key: &str, default: i64) -> Result<i64, String> {
+pub fn input_int(g: &Gate, key: &str, default: i64) -> Result<i64, String> {
     match g.inputs.get(key) {
         None => Ok(default),
         Some(v) => v
@@ -168,6 +168,19 @@ pub fn kernel(g: &Gate, _ctx: &Context) -> RunResult {
     ))
 }
 
+/// A packed I2_S tensor (`rows * cols / 4` code bytes, scale, padding) as the engine's weight,
+/// viewed in place in a GGUF image as the model views its file.
+pub fn i2s_weight(bytes: &[u8], rows: usize, cols: usize) -> Result<Weight, String> {
+    let mut w = bitnet::gguf::GgufWriter::new();
+    w.tensor("w", &[cols as u64, rows as u64], TensorType::I2S);
+    let file = w
+        .to_bytes(|_, out| out.write_all(bytes))
+        .map_err(|e| e.to_string())?;
+    let g = Arc::new(Gguf::from_bytes(file).map_err(|e| e.to_string())?);
+    let t = g.tensor("w").ok_or("tensor w")?.clone();
+    Weight::new(&g, &t).map_err(|e| e.to_string())
+}
+
 /// The engine's I2_S product through the same path the model uses.
 pub fn engine_matmul(
     bytes: Vec<u8>,
@@ -177,14 +190,7 @@ pub fn engine_matmul(
     n: usize,
     threads: usize,
 ) -> Result<Vec<f32>, String> {
-    let mut w = bitnet::gguf::GgufWriter::new();
-    w.tensor("w", &[cols as u64, rows as u64], TensorType::I2S);
-    let file = w
-        .to_bytes(|_, out| out.write_all(&bytes))
-        .map_err(|e| e.to_string())?;
-    let g = Arc::new(Gguf::from_bytes(file).map_err(|e| e.to_string())?);
-    let t = g.tensor("w").ok_or("tensor w")?.clone();
-    let weight = Weight::new(&g, &t).map_err(|e| e.to_string())?;
+    let weight = i2s_weight(&bytes, rows, cols)?;
     let mut out = vec![0f32; n * rows];
     weight.matmul(x, n, &mut out, threads, &KernelStats::default());
     Ok(out)

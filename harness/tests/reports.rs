@@ -60,6 +60,7 @@ fn gate(id: &str, kind: Kind, inputs: &str, thresholds: &str) -> Gate {
         model: None,
         inputs: toml::from_str(inputs).unwrap(),
         thresholds: toml::from_str(thresholds).unwrap(),
+        release_only: false,
     }
 }
 

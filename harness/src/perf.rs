@@ -1,0 +1,299 @@
+//! The `perf` gate kind: speed checked only as ratios measured in one run (ours against the
+//! reference, AVX2 against scalar), never as absolute times, which on a shared 2-core machine
+//! are noise. Every ratio is a median over interleaved repeats.
+//!
+//! `inputs.bench = "model"` (the default) runs `bitnet-validate timing` (that is,
+//! `bitnet bench --vs-reference`) on the gate's model in a child process, so the peak RSS it
+//! reports is that run's alone. Inputs `prompt`, `gen`, `threads` (array), `repeats`.
+//! Measurements per thread count N: `prefill_ratio_tN`, `gen_ratio_tN` (ours / reference
+//! tokens per second); and `peak_rss_within_bound` (peak <= file + KV cache + 64 MiB) with
+//! `peak_rss_of_bound` (peak / bound).
+//!
+//! `inputs.bench = "kernel"` times I2_S products of a `rows` x `cols` random matrix on one
+//! thread, in process. Inputs `rows`, `cols`, `tokens` (array), `repeats`, `min_ms` (time per
+//! measurement). Measurements: `avx2_speedup` (scalar time / AVX2 time, one token) and, per
+//! token count N, `vs_ref_nN` (the reference's ggml mul_mat time / ours).
+//!
+//! Both report `checked_build`: whether this harness (and so the engine it times) was built
+//! with debug assertions, as `cargo test` builds it, which makes the engine markedly slower.
+
+use crate::gates::{Context, Gate};
+use crate::runners::{i2s_weight, input_int, RunResult};
+use bitnet::bench::median;
+use bitnet::quant::i2s;
+use bitnet::quant::matmul::{Isa, KernelStats};
+use bitnet::sample::Rng;
+use serde_json::{json, Map, Value as Json};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
+    match g.inputs.get("bench").map(|v| v.as_str()) {
+        None | Some(Some("model")) => model(g, ctx),
+        Some(Some("kernel")) => kernel(g),
+        Some(other) => Err(format!("bench {other:?}: \"model\" or \"kernel\"")),
+    }
+}
+
+fn int_list(g: &Gate, key: &str, default: &[i64]) -> Result<Vec<i64>, String> {
+    let Some(v) = g.inputs.get(key) else {
+        return Ok(default.to_vec());
+    };
+    let list = v
+        .as_array()
+        .ok_or(format!("input {key} must be an array of integers"))?;
+    let ints: Vec<i64> = list.iter().filter_map(|x| x.as_integer()).collect();
+    if ints.len() != list.len() || ints.is_empty() || ints.iter().any(|&i| i < 1) {
+        return Err(format!(
+            "input {key} must be a non-empty array of positive integers"
+        ));
+    }
+    Ok(ints)
+}
+
+/// The `bitnet-validate` binary: this process, or beside the test binary that runs the gates.
+fn validate_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current executable: {e}"))?;
+    let name = format!("bitnet-validate{}", std::env::consts::EXE_SUFFIX);
+    if exe.file_name().is_some_and(|n| n == name.as_str()) {
+        return Ok(exe);
+    }
+    let dir = exe.parent().ok_or("the executable has no directory")?;
+    [dir.join(&name), dir.join("..").join(&name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} not found beside {}", exe.display()))
+}
+
+fn model(g: &Gate, ctx: &Context) -> RunResult {
+    let spec = g.model.as_ref().ok_or("a model perf gate needs a model")?;
+    let path = spec.materialize(ctx)?;
+    let threads = int_list(g, "threads", &[1])?;
+    let (prompt, gen, repeats) = (
+        input_int(g, "prompt", 64)?,
+        input_int(g, "gen", 32)?,
+        input_int(g, "repeats", 5)?,
+    );
+    let dir = ctx.work.join("reports");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let json_path = dir.join(format!("{}.bench.json", g.id));
+    let list = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let out = Command::new(validate_binary()?)
+        .arg("timing")
+        .arg("-m")
+        .arg(&path)
+        .args(["-p", &prompt.to_string(), "-n", &gen.to_string()])
+        .args(["-t", &list(&threads), "--repeats", &repeats.to_string()])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .map_err(|e| format!("running bitnet-validate timing: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "bitnet-validate timing failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text =
+        std::fs::read_to_string(&json_path).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    let report: Json = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let (summary, mut m) = measurements(&report)?;
+    m["checked_build"] = json!(cfg!(debug_assertions));
+    Ok((summary, m))
+}
+
+/// The ratios of a `bitnet bench --vs-reference` JSON report.
+pub fn measurements(report: &Json) -> RunResult {
+    let bad = |what: &str| format!("bench report without {what}");
+    let mut m = Map::new();
+    let mut summary = Vec::new();
+    for row in report["rows"].as_array().ok_or(bad("rows"))? {
+        let t = row["threads"].as_u64().ok_or(bad("threads"))?;
+        let p = row["prefill_ratio"].as_f64().ok_or(bad("prefill_ratio"))?;
+        let gr = row["gen_ratio"].as_f64().ok_or(bad("gen_ratio"))?;
+        m.insert(format!("prefill_ratio_t{t}"), json!(p));
+        m.insert(format!("gen_ratio_t{t}"), json!(gr));
+        summary.push(format!(
+            "{t} thread(s): prefill x{p:.3}, generation x{gr:.3}"
+        ));
+    }
+    let mem = &report["memory"];
+    let (peak, bound) = (
+        mem["peak_rss_bytes"]
+            .as_f64()
+            .ok_or(bad("peak_rss_bytes"))?,
+        mem["bound_bytes"].as_f64().ok_or(bad("bound_bytes"))?,
+    );
+    let within = mem["within_bound"].as_bool().ok_or(bad("within_bound"))?;
+    m.insert("peak_rss_within_bound".into(), json!(within));
+    m.insert("peak_rss_of_bound".into(), json!(peak / bound));
+    summary.push(format!(
+        "peak RSS {:.1} of {:.1} MiB bound",
+        peak / 1048576.0,
+        bound / 1048576.0
+    ));
+    Ok((
+        format!("ours/reference: {}", summary.join("; ")),
+        Json::Object(m),
+    ))
+}
+
+/// Seconds per call: calls `f` (which returns the time it measured) until `min` has passed.
+fn per_call(min: Duration, mut f: impl FnMut() -> Result<Duration, String>) -> Result<f64, String> {
+    let (mut total, mut calls) = (Duration::ZERO, 0u32);
+    while total < min || calls == 0 {
+        total += f()?;
+        calls += 1;
+    }
+    Ok(total.as_secs_f64() / calls as f64)
+}
+
+fn kernel(g: &Gate) -> RunResult {
+    let (rows, cols) = (
+        input_int(g, "rows", 6912)? as usize,
+        input_int(g, "cols", 2560)? as usize,
+    );
+    if rows == 0 || cols == 0 || !cols.is_multiple_of(128) {
+        return Err(format!(
+            "rows {rows} x cols {cols}: cols must be a positive multiple of 128"
+        ));
+    }
+    let tokens = int_list(g, "tokens", &[1])?;
+    let repeats = input_int(g, "repeats", 7)?.max(1) as usize;
+    let min = Duration::from_millis(input_int(g, "min_ms", 20)?.max(1) as u64);
+    let mut rng = Rng::new(input_int(g, "seed", 1)? as u64);
+    let values: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
+    let bytes = i2s::pack(&values, rows, cols, 0.02).map_err(|e| e.to_string())?;
+    let w = i2s_weight(&bytes, rows, cols)?;
+    let stats = KernelStats::default();
+    let ours = |isa: Isa, x: &[f32], n: usize, out: &mut Vec<f32>| -> Result<Duration, String> {
+        let t0 = Instant::now();
+        w.matmul_isa(isa, x, n, out, 1, &stats);
+        Ok(t0.elapsed())
+    };
+    let mut speedups = Vec::new();
+    let mut vs_ref: Vec<Vec<f64>> = vec![Vec::new(); tokens.len()];
+    for _ in 0..repeats {
+        for (k, &n) in tokens.iter().enumerate() {
+            let n = n as usize;
+            let x: Vec<f32> = (0..n * cols)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                .collect();
+            let mut out = vec![0f32; n * rows];
+            let avx2 = per_call(min, || ours(Isa::Avx2, &x, n, &mut out))?;
+            if n == 1 {
+                let scalar = per_call(min, || ours(Isa::Scalar, &x, n, &mut out))?;
+                speedups.push(scalar / avx2);
+            }
+            let reference = per_call(min, || {
+                bitnet_crossval::i2s_matmul_timed(&bytes, rows, cols, &x, n, 1)
+                    .map(|(_, d)| d)
+                    .map_err(|e| e.to_string())
+            })?;
+            vs_ref[k].push(reference / avx2);
+        }
+    }
+    let mut m = Map::new();
+    m.insert("checked_build".into(), json!(cfg!(debug_assertions)));
+    let mut summary = Vec::new();
+    if !speedups.is_empty() {
+        let s = median(&speedups);
+        m.insert("avx2_speedup".into(), json!(s));
+        summary.push(format!("AVX2/scalar x{s:.2}"));
+    }
+    for (k, &n) in tokens.iter().enumerate() {
+        let r = median(&vs_ref[k]);
+        m.insert(format!("vs_ref_n{n}"), json!(r));
+        summary.push(format!("{n} token(s) ours/ref x{r:.3}"));
+    }
+    Ok((
+        format!(
+            "I2_S {cols}x{rows}, 1 thread, median of {repeats}: {}",
+            summary.join(", ")
+        ),
+        Json::Object(m),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gates::Kind;
+
+    fn perf_gate(inputs: &str) -> Gate {
+        Gate {
+            id: "p".into(),
+            kind: Kind::Perf,
+            description: String::new(),
+            required: true,
+            model: None,
+            inputs: toml::from_str(inputs).unwrap(),
+            thresholds: toml::Table::new(),
+            release_only: false,
+        }
+    }
+
+    #[test]
+    fn bad_perf_gates_are_errors() {
+        let ctx = Context {
+            shared: PathBuf::new(),
+            work: PathBuf::new(),
+            data: PathBuf::new(),
+            root: PathBuf::new(),
+            threads: 1,
+        };
+        for (inputs, want) in [
+            ("bench = \"vibes\"", "\"model\" or \"kernel\""),
+            ("bench = \"model\"", "needs a model"),
+            ("", "needs a model"),
+            ("bench = \"kernel\"\ncols = 100", "multiple of 128"),
+            ("bench = \"kernel\"\ntokens = [0]", "positive integers"),
+        ] {
+            let e = gate(&perf_gate(inputs), &ctx).unwrap_err();
+            assert!(e.contains(want), "{inputs:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_schema_knows_perf_gates() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("schemas/gates.schema.json")).unwrap();
+        let v = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+        let model = json!({"source": "llama2c"});
+        let ok = |g: Json| v.is_valid(&json!({ "gate": [g] }));
+        assert!(ok(json!({"id": "a", "kind": "perf", "model": model})));
+        assert!(ok(
+            json!({"id": "a", "kind": "perf", "inputs": {"bench": "kernel"}})
+        ));
+        assert!(
+            !ok(json!({"id": "a", "kind": "perf"})),
+            "a model gate needs a model"
+        );
+        assert!(!ok(
+            json!({"id": "a", "kind": "perf", "inputs": {"bench": "model"}})
+        ));
+        assert!(!ok(
+            json!({"id": "a", "kind": "perf", "model": model, "inputs": {"bench": "vibes"}})
+        ));
+    }
+
+    #[test]
+    fn ratios_from_a_bench_report() {
+        let report = json!({
+            "rows": [{"threads": 1, "prefill_ratio": 0.9, "gen_ratio": 1.1}],
+            "memory": {"peak_rss_bytes": 50.0, "bound_bytes": 100.0, "within_bound": true}
+        });
+        let (_, m) = measurements(&report).unwrap();
+        assert_eq!(m["prefill_ratio_t1"], json!(0.9));
+        assert_eq!(m["gen_ratio_t1"], json!(1.1));
+        assert_eq!(m["peak_rss_within_bound"], json!(true));
+        assert_eq!(m["peak_rss_of_bound"], json!(0.5));
+        let no_reference = json!({
+            "rows": [{"threads": 1, "prefill_ratio": null, "gen_ratio": null}],
+            "memory": {}
+        });
+        assert!(measurements(&no_reference).is_err());
+    }
+}
