@@ -297,27 +297,27 @@ fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
 
         // One step: every decoding sequence's next token, plus prompt slices up to the budget.
         let mut budget = PREFILL_CHUNK;
-        let mut inputs: Vec<(usize, Vec<u32>)> = Vec::new();
-        for (i, r) in running.iter().enumerate() {
-            if let Some(t) = r.next {
-                inputs.push((i, vec![t]));
-            } else if budget > 0 {
-                let end = (r.prefilled + budget).min(r.job.prompt.len());
-                budget -= end - r.prefilled;
-                inputs.push((i, r.job.prompt[r.prefilled..end].to_vec()));
-            }
-        }
+        // (index into `running`, tokens fed) for each sequence in this step.
+        let mut fed: Vec<(usize, usize)> = Vec::with_capacity(running.len());
         let result = {
-            let mut states: Vec<Option<&mut State>> =
-                running.iter_mut().map(|r| Some(&mut r.state)).collect();
-            let mut seqs: Vec<Seq> = inputs
-                .iter()
-                .map(|(i, toks)| Seq {
-                    state: states[*i].take().expect("each sequence appears once"),
-                    tokens: toks,
+            let mut seqs = Vec::with_capacity(running.len());
+            for (i, r) in running.iter_mut().enumerate() {
+                let tokens: &[u32] = match &r.next {
+                    Some(t) => std::slice::from_ref(t),
+                    None if budget > 0 => {
+                        let end = (r.prefilled + budget).min(r.job.prompt.len());
+                        budget -= end - r.prefilled;
+                        &r.job.prompt[r.prefilled..end]
+                    }
+                    None => continue,
+                };
+                fed.push((i, tokens.len()));
+                seqs.push(Seq {
+                    state: &mut r.state,
+                    tokens,
                     all_logits: false,
-                })
-                .collect();
+                });
+            }
             model.forward_batch(&mut seqs)
         };
         sh.steps.fetch_add(1, Ordering::Relaxed);
@@ -333,17 +333,16 @@ fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
                 continue;
             }
         };
-        let fed: usize = inputs.iter().map(|(_, t)| t.len()).sum();
-        sh.kv_tokens.fetch_add(fed, Ordering::Relaxed);
+        sh.kv_tokens
+            .fetch_add(fed.iter().map(|f| f.1).sum(), Ordering::Relaxed);
 
         // Sample for every sequence that got logits for its last token.
         let mut done: Vec<(usize, FinishReason)> = Vec::new();
-        for ((i, toks), logits) in inputs.iter().zip(&logits) {
-            let r = &mut running[*i];
+        for (&(i, n), logits) in fed.iter().zip(&logits) {
+            let r = &mut running[i];
             if r.next.is_none() {
-                r.prefilled += toks.len();
-                sh.prompt_tokens
-                    .fetch_add(toks.len() as u64, Ordering::Relaxed);
+                r.prefilled += n;
+                sh.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
                 if r.prefilled < r.job.prompt.len() {
                     continue;
                 }
@@ -356,7 +355,7 @@ fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = r.send(Event::Failed(e.to_string()));
-                    done.push((*i, FinishReason::Stop));
+                    done.push((i, FinishReason::Stop));
                     continue;
                 }
             };
@@ -365,7 +364,7 @@ fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
             }
             if !piece.is_empty() && !r.send(Event::Text(piece)) {
                 sh.cancelled.fetch_add(1, Ordering::Relaxed);
-                done.push((*i, FinishReason::Stop));
+                done.push((i, FinishReason::Stop));
                 continue;
             }
             match next {
@@ -381,7 +380,7 @@ fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
                         }
                         StopReason::Length | StopReason::ContextFull => FinishReason::Length,
                     };
-                    done.push((*i, reason));
+                    done.push((i, reason));
                 }
             }
         }
