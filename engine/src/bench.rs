@@ -9,7 +9,7 @@
 //! one run: absolute times on a shared machine are noise.
 
 use crate::error::{Error, Result};
-use crate::model::{Model, State};
+use crate::model::{Model, Seq, State};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// (needs a build with `--features reference`).
     #[arg(long)]
     pub vs_reference: bool,
+    /// Also generate with this many sequences decoding together (continuous batching: one
+    /// forward step per token for all of them) and report their aggregate tokens/s and its
+    /// ratio to one sequence's.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
     /// Write the numbers as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -57,6 +62,8 @@ pub struct Options {
     pub threads: Vec<usize>,
     pub repeats: usize,
     pub reference: bool,
+    /// Sequences decoding together in the batched generation runs (1: none).
+    pub parallel: usize,
 }
 
 /// Throughput of one engine at one thread count.
@@ -80,6 +87,12 @@ pub struct Row {
     pub prefill_ratio: Option<f64>,
     /// ours / reference generated tokens per second.
     pub gen_ratio: Option<f64>,
+    /// With `--parallel N`: our aggregate generated tokens/s of N sequences decoding together
+    /// (median) and its every run.
+    pub parallel_gen_tps: Option<f64>,
+    pub parallel_gen_runs: Vec<f64>,
+    /// parallel_gen_tps / ours.gen_tps.
+    pub parallel_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -87,7 +100,8 @@ pub struct Memory {
     /// VmHWM of this process (None where /proc/self/status is not available).
     pub peak_rss_bytes: Option<u64>,
     pub file_bytes: u64,
-    /// Our KV cache after a full run (prompt + generated tokens).
+    /// Our KV cache after a full run (prompt + generated tokens), times the sequences held
+    /// at once with `--parallel`.
     pub kv_cache_bytes: u64,
     pub slack_bytes: u64,
     /// file + KV cache + slack.
@@ -111,6 +125,7 @@ pub struct Report {
     pub prefill_tokens: usize,
     pub gen_tokens: usize,
     pub repeats: usize,
+    pub parallel: usize,
     pub rows: Vec<Row>,
     pub memory: Memory,
 }
@@ -128,6 +143,7 @@ pub fn cli(a: BenchArgs) -> Result<()> {
         threads,
         repeats: a.repeats,
         reference: a.vs_reference,
+        parallel: a.parallel,
     };
     let report = run(&a.model, &opts)?;
     print!("{}", table(&report));
@@ -137,6 +153,9 @@ pub fn cli(a: BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Most sequences `--parallel` decodes together (each holds its own KV cache).
+pub const MAX_PARALLEL: usize = 64;
 
 /// Token ids of the benchmark: a fixed pattern spread over the vocabulary (their values do not
 /// change the cost).
@@ -156,6 +175,9 @@ fn check(opts: &Options) -> Result<()> {
     }
     if opts.repeats == 0 {
         return usage("--repeats must be at least 1");
+    }
+    if opts.parallel == 0 || opts.parallel > MAX_PARALLEL {
+        return usage(&format!("--parallel must be 1..={MAX_PARALLEL}"));
     }
     if opts.prefill == 0 || opts.gen == 0 {
         return usage("prompt (-p) and generated (-n) token counts must be at least 1");
@@ -184,7 +206,8 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
     // Warm-up: pages the weights in and starts the widest worker pool.
     model.threads = widest;
     let (_, _, state) = ours_run(&model, &tokens, opts.prefill)?;
-    let kv_cache_bytes = state.kv_cache_bytes() as u64;
+    // With --parallel N, N caches of that size are held at once.
+    let kv_cache_bytes = (state.kv_cache_bytes() * opts.parallel.max(1)) as u64;
     drop(state);
     let mut reference = None;
     let mut peak = None;
@@ -200,9 +223,14 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
     for &t in &opts.threads {
         model.threads = t;
         let (mut ours, mut theirs) = (Runs::default(), Runs::default());
+        let mut parallel = Vec::new();
         for _ in 0..opts.repeats {
             let (p, g, _) = ours_run(&model, &tokens, opts.prefill)?;
             ours.push(opts, p, g);
+            if opts.parallel > 1 {
+                let g = ours_parallel_run(&model, &tokens, opts.prefill, opts.parallel)?;
+                parallel.push(tps(opts.gen * opts.parallel, g));
+            }
             if let Some(r) = reference.as_mut() {
                 let (p, g) = r.run(t, &tokens, opts.prefill)?;
                 theirs.push(opts, p, g);
@@ -210,8 +238,12 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
         }
         let ours = ours.speed();
         let theirs = reference.as_ref().map(|_| theirs.speed());
+        let parallel_gen_tps = (!parallel.is_empty()).then(|| median(&parallel));
         rows.push(Row {
             threads: t,
+            parallel_ratio: parallel_gen_tps.map(|p| p / ours.gen_tps),
+            parallel_gen_tps,
+            parallel_gen_runs: parallel,
             prefill_ratio: theirs.as_ref().map(|r| ours.prefill_tps / r.prefill_tps),
             gen_ratio: theirs.as_ref().map(|r| ours.gen_tps / r.gen_tps),
             ours,
@@ -240,6 +272,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
         prefill_tokens: opts.prefill,
         gen_tokens: opts.gen,
         repeats: opts.repeats,
+        parallel: opts.parallel,
         rows,
         memory: Memory {
             peak_rss_bytes: peak,
@@ -264,6 +297,33 @@ fn ours_run(model: &Model, tokens: &[u32], prefill: usize) -> Result<(Duration, 
         model.forward(&mut state, &[tok], false)?;
     }
     Ok((p, t0.elapsed(), state))
+}
+
+/// Generation time of `parallel` sequences decoding together, each after its own prefill
+/// (not timed): one batched forward step per generated token.
+fn ours_parallel_run(
+    model: &Model,
+    tokens: &[u32],
+    prefill: usize,
+    parallel: usize,
+) -> Result<Duration> {
+    let mut states: Vec<State> = (0..parallel).map(|_| State::new(&model.config)).collect();
+    for s in &mut states {
+        model.forward(s, &tokens[..prefill], false)?;
+    }
+    let t0 = Instant::now();
+    for i in prefill..tokens.len() {
+        let mut seqs: Vec<Seq> = states
+            .iter_mut()
+            .map(|state| Seq {
+                state,
+                tokens: &tokens[i..i + 1],
+                all_logits: false,
+            })
+            .collect();
+        model.forward_batch(&mut seqs)?;
+    }
+    Ok(t0.elapsed())
 }
 
 #[derive(Default)]
@@ -389,13 +449,21 @@ pub fn table(r: &Report) -> String {
         r.gen_tokens,
         r.repeats
     );
+    let mut head = vec!["threads", "prefill t/s", "generation t/s"];
     if with_ref {
-        s += "| threads | prefill t/s | generation t/s | ref prefill t/s | ref generation t/s | prefill ours/ref | generation ours/ref |\n";
-        s += "|--------:|------------:|---------------:|----------------:|-------------------:|-----------------:|--------------------:|\n";
-    } else {
-        s += "| threads | prefill t/s | generation t/s |\n";
-        s += "|--------:|------------:|---------------:|\n";
+        head.extend([
+            "ref prefill t/s",
+            "ref generation t/s",
+            "prefill ours/ref",
+            "generation ours/ref",
+        ]);
     }
+    let par_head = format!("generation t/s, {} sequences", r.parallel);
+    if r.parallel > 1 {
+        head.extend([par_head.as_str(), "batched/single"]);
+    }
+    s += &format!("| {} |\n", head.join(" | "));
+    s += &format!("|{}\n", "---:|".repeat(head.len()));
     for row in &r.rows {
         s += &format!(
             "| {} | {:.2} | {:.2} |",
@@ -406,6 +474,9 @@ pub fn table(r: &Report) -> String {
                 " {:.2} | {:.2} | {:.3} | {:.3} |",
                 t.prefill_tps, t.gen_tps, pr, gr
             );
+        }
+        if let (Some(p), Some(ratio)) = (row.parallel_gen_tps, row.parallel_ratio) {
+            s += &format!(" {p:.2} | {ratio:.3} |");
         }
         s += "\n";
     }
@@ -456,6 +527,7 @@ mod tests {
             threads: vec![1],
             repeats: 1,
             reference: false,
+            parallel: 1,
         };
         assert!(check(&ok).is_ok());
         for bad in [
@@ -477,6 +549,14 @@ mod tests {
             },
             Options {
                 gen: 0,
+                ..ok.clone()
+            },
+            Options {
+                parallel: 0,
+                ..ok.clone()
+            },
+            Options {
+                parallel: MAX_PARALLEL + 1,
                 ..ok.clone()
             },
         ] {

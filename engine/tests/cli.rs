@@ -244,7 +244,7 @@ fn bench_prints_a_table_and_writes_json_with_the_rss_bound() {
     let out = bitnet()
         .args(["bench", "-m"])
         .arg(&model)
-        .args("-p 8 -n 4 -t 1,2 --repeats 1 --json".split(' '))
+        .args("-p 8 -n 4 -t 1,2 --repeats 1 --parallel 3 --json".split(' '))
         .arg(&json)
         .output()
         .unwrap();
@@ -255,7 +255,9 @@ fn bench_prints_a_table_and_writes_json_with_the_rss_bound() {
     );
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(
-        table.contains("| threads | prefill t/s | generation t/s |"),
+        table.contains(
+            "| threads | prefill t/s | generation t/s | generation t/s, 3 sequences | batched/single |"
+        ),
         "{table}"
     );
     assert!(table.contains("peak RSS"), "{table}");
@@ -270,16 +272,22 @@ fn bench_prints_a_table_and_writes_json_with_the_rss_bound() {
         assert_eq!(row["ours"]["prefill_runs"].as_array().unwrap().len(), 1);
         assert!(row["ours"]["gen_tps"].as_f64().unwrap() > 0.0);
         assert!(row["reference"].is_null() && row["gen_ratio"].is_null());
+        let (single, batched) = (
+            row["ours"]["gen_tps"].as_f64().unwrap(),
+            row["parallel_gen_tps"].as_f64().unwrap(),
+        );
+        let ratio = row["parallel_ratio"].as_f64().unwrap();
+        assert!((ratio - batched / single).abs() < 1e-9, "{row}");
     }
+    assert_eq!(r["parallel"].as_u64(), Some(3));
     let m = &r["memory"];
     let file = std::fs::metadata(&model).unwrap().len();
     assert_eq!(m["file_bytes"].as_u64(), Some(file));
-    // 12 positions x 8 layers x (keys + values) x kv_dim 128 (4 KV heads of 32) x f32.
-    assert_eq!(m["kv_cache_bytes"].as_u64(), Some(12 * 8 * 2 * 128 * 4));
-    assert_eq!(
-        m["bound_bytes"].as_u64(),
-        Some(file + 12 * 8 * 2 * 128 * 4 + (64 << 20))
-    );
+    // 3 sequences x 12 positions x 8 layers x (keys + values) x kv_dim 128 (4 KV heads of 32)
+    // x f32.
+    let kv = 3 * 12 * 8 * 2 * 128 * 4;
+    assert_eq!(m["kv_cache_bytes"].as_u64(), Some(kv));
+    assert_eq!(m["bound_bytes"].as_u64(), Some(file + kv + (64 << 20)));
     assert_eq!(m["within_bound"].as_bool(), Some(true));
 }
 
@@ -296,7 +304,7 @@ fn bench_rejects_bad_options_and_a_missing_reference_with_exit_2() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code(), err)
     };
-    for bad in ["-t 0", "--repeats 0", "-n 0", "-p 100000"] {
+    for bad in ["-t 0", "--repeats 0", "-n 0", "-p 100000", "--parallel 0"] {
         let (code, err) = run(bad);
         assert_eq!(code, Some(2), "{bad}: {err}");
         assert_eq!(err.lines().count(), 1, "{bad}: {err}");
