@@ -217,16 +217,26 @@ fn main() {
         &[("scalar", scalar, 1), ("avx2", avx2, 1)],
     );
     drop(down);
-    // A slice of the output projection (2B-4T: 128256 rows); 8192 rows are 40 MiB.
-    let output = f16_matrix(&mut rng, 8192, 2560, bench_mode);
-    bench(
-        &mut c,
-        &mut log,
-        "f16_output_2560x8192",
-        &output,
-        &[("scalar", scalar, 1), ("avx2", avx2, 1)],
-    );
-    drop(output);
+    // A slice of the output projection (2B-4T: 128256 rows); 8192 rows are 40 MiB. Then one
+    // with short rows (hidden 1024, vocab 32000), where every group of rows starts cold
+    // unless prefetched.
+    for (group, rows, cols) in [
+        ("f16_output_2560x8192", 8192, 2560),
+        ("f16_output_1024x32000", 32000, 1024),
+    ] {
+        let output = f16_matrix(&mut rng, rows, cols, bench_mode);
+        bench(
+            &mut c,
+            &mut log,
+            group,
+            &output,
+            &[
+                ("scalar", scalar, 1),
+                ("avx2", avx2, 1),
+                ("avx2_4tok", avx2, 4),
+            ],
+        );
+    }
     for (group, ty) in [
         ("tq2_0_gemv_2560x6912", TensorType::TQ2_0),
         ("tq1_0_gemv_2560x6912", TensorType::TQ1_0),

@@ -9,6 +9,7 @@
 //! variable changes numerics (the few there are live in [`env`]); results are identical for any
 //! thread count.
 
+pub mod attention;
 pub mod bench;
 pub mod cli;
 pub mod convert;

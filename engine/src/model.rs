@@ -11,8 +11,9 @@
 //! [`Model::forward`] is its one-sequence case: any number of consecutive tokens (one = decode,
 //! many = prompt batch), appending to the KV cache in [`State`].
 
+use crate::attention;
 use crate::gguf::{Gguf, GgufError};
-use crate::quant::matmul::{KernelStats, Weight};
+use crate::quant::matmul::{Input, Isa, KernelStats, Weight};
 use crate::quant::FormatError;
 use std::path::Path;
 use std::sync::Arc;
@@ -368,6 +369,7 @@ impl Model {
         }
         let (dim, ff, q_dim, kv_dim, hd) = (c.dim, c.hidden_dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let (th, st) = (self.threads, &self.stats);
+        let isa = Isa::detect();
         for s in seqs.iter_mut() {
             let end = s.state.pos + s.tokens.len();
             if end > 0 {
@@ -394,9 +396,10 @@ impl Model {
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block.
             rmsnorm_rows(&mut h, &x, &w.attn_norm, c.norm_eps);
-            w.wq.matmul(&h, n, &mut q, th, st);
-            w.wk.matmul(&h, n, &mut k, th, st);
-            w.wv.matmul(&h, n, &mut v, th, st);
+            let input = Input::new(&h, n);
+            w.wq.matmul_input(isa, &input, &mut q, th, st);
+            w.wk.matmul_input(isa, &input, &mut k, th, st);
+            w.wv.matmul_input(isa, &input, &mut v, th, st);
             for (r, &(i, t)) in rows.iter().enumerate() {
                 let state = &mut *seqs[i].state;
                 let pos = state.pos + t;
@@ -430,8 +433,9 @@ impl Model {
 
             // Feed-forward block.
             rmsnorm_rows(&mut h, &x, &w.ffn_norm, c.norm_eps);
-            w.w_gate.matmul(&h, n, &mut gate, th, st);
-            w.w_up.matmul(&h, n, &mut up, th, st);
+            let input = Input::new(&h, n);
+            w.w_gate.matmul_input(isa, &input, &mut gate, th, st);
+            w.w_up.matmul_input(isa, &input, &mut up, th, st);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = c.activation.apply(*g) * u;
             }
@@ -624,42 +628,26 @@ impl State {
 
     /// Causal attention of query `q` (all heads) at `pos` over cache positions 0..=pos.
     fn attention(&mut self, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
-        let (hd, kvd) = (self.head_dim, self.kv_dim);
+        let hd = self.head_dim;
         let group = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         if self.scores.len() <= pos {
             self.scores.resize(pos + 1, 0.0);
         }
-        let (keys, values) = (&self.keys[layer], &self.values[layer]);
         for h in 0..self.n_heads {
-            let kv_off = (h / group) * hd;
-            let qh = &q[h * hd..(h + 1) * hd];
-            let scores = &mut self.scores[..=pos];
-            for (p, s) in scores.iter_mut().enumerate() {
-                let k = &keys[p * kvd + kv_off..][..hd];
-                *s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-            }
-            softmax(scores);
-            let oh = &mut out[h * hd..(h + 1) * hd];
-            oh.fill(0.0);
-            for (p, &a) in scores.iter().enumerate() {
-                let v = &values[p * kvd + kv_off..][..hd];
-                for (o, &vv) in oh.iter_mut().zip(v) {
-                    *o += a * vv;
-                }
-            }
+            let cache = attention::Cache {
+                keys: &self.keys[layer],
+                values: &self.values[layer],
+                stride: self.kv_dim,
+                offset: (h / group) * hd,
+            };
+            attention::head(
+                &q[h * hd..(h + 1) * hd],
+                cache,
+                scale,
+                &mut self.scores[..=pos],
+                &mut out[h * hd..(h + 1) * hd],
+            );
         }
-    }
-}
-
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
     }
 }

@@ -74,6 +74,7 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 pub mod avx2 {
     use std::arch::x86_64::*;
 
+    #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn finish(acc: __m256, tail: f32) -> f32 {
         let mut a = [0f32; 8];
@@ -83,6 +84,7 @@ pub mod avx2 {
 
     /// # Safety
     /// AVX2 and F16C must be available; `row` holds `x.len()` little-endian f16 values.
+    #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         let n8 = x.len() / 8 * 8;
@@ -99,69 +101,152 @@ pub mod avx2 {
         finish(acc, tail)
     }
 
-    /// [`dot_f16`] of four rows at once: four independent add chains instead of one (the
-    /// single chain is latency-bound), each row summed in exactly the order `dot_f16` uses.
+    /// [`dot_f16`] of `R` rows against `T` token rows (the output projection): each weight
+    /// vector is converted once and used for every token; every (row, token) pair keeps its
+    /// own add chain in exactly the order `dot_f16` uses. The bytes from `ahead` on (the next
+    /// rows, typically) are prefetched as these are read: rows are short, so the hardware
+    /// prefetcher would meet every new group of rows cold.
     ///
     /// # Safety
-    /// As [`dot_f16`], for each row.
+    /// As [`dot_f16`], for each row and each `xs[t]` (all the same length).
+    #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn dot_f16_x4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
-        let n8 = x.len() / 8 * 8;
-        let mut acc = [_mm256_setzero_ps(); 4];
+    pub unsafe fn dot_f16_rxt<const R: usize, const T: usize>(
+        rows: [&[u8]; R],
+        xs: [&[f32]; T],
+        ahead: *const u8,
+    ) -> [[f32; T]; R] {
+        let len = xs[0].len();
+        let n8 = len / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
         for i in (0..n8).step_by(8) {
-            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
-            for (a, row) in acc.iter_mut().zip(rows) {
-                let w = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i));
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(w, xv));
+            // As many bytes of what comes next as are read here.
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(2 * R * i) as *const i8);
+            let w: [__m256; R] = std::array::from_fn(|r| {
+                _mm256_cvtph_ps(_mm_loadu_si128(
+                    rows[r].as_ptr().add(2 * i) as *const __m128i
+                ))
+            });
+            for t in 0..T {
+                let xv = _mm256_loadu_ps(xs[t].as_ptr().add(i));
+                for r in 0..R {
+                    acc[r][t] = _mm256_add_ps(acc[r][t], _mm256_mul_ps(w[r], xv));
+                }
             }
         }
-        let mut out = [0f32; 4];
-        for (k, row) in rows.iter().enumerate() {
-            let mut tail = 0f32;
-            for i in n8..x.len() {
-                tail += half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * x[i];
+        let mut out = [[0f32; T]; R];
+        for t in 0..T {
+            let mut tail = [0f32; R];
+            for (r, row) in rows.iter().enumerate() {
+                for i in n8..len {
+                    tail[r] +=
+                        half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * xs[t][i];
+                }
             }
-            out[k] = finish(acc[k], tail);
+            if R == 4 {
+                // The four rows' folds at once: hadd twice gives each row's
+                // ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)), the order `finish` uses.
+                let f =
+                    |a: __m256| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+                let h01 = _mm_hadd_ps(f(acc[0][t]), f(acc[1][t]));
+                let h23 = _mm_hadd_ps(f(acc[2][t]), f(acc[3][t]));
+                let tails: [f32; 4] = std::array::from_fn(|r| tail[r % R]);
+                let sums = _mm_add_ps(_mm_hadd_ps(h01, h23), _mm_loadu_ps(tails.as_ptr()));
+                let mut v = [0f32; 4];
+                _mm_storeu_ps(v.as_mut_ptr(), sums);
+                for r in 0..R {
+                    out[r][t] = v[r];
+                }
+            } else {
+                for r in 0..R {
+                    out[r][t] = finish(acc[r][t], tail[r]);
+                }
+            }
         }
         out
     }
 
-    /// [`dot_f16`] of two rows against `T` token rows (the output projection of a batch of
-    /// sequences): each weight vector is converted once and used for every token; every
-    /// (row, token) pair keeps its own add chain in exactly the order `dot_f16` uses.
+    /// The whole groups of `R` rows in `rows`, against tokens `T` at a time (then the
+    /// remaining tokens one at a time); returns the first row not done.
     ///
     /// # Safety
-    /// As [`dot_f16`], for each row and each `xs[t]` (all the same length).
+    /// As [`f16_rows`].
+    #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn dot_f16_2xt<const T: usize>(rows: [&[u8]; 2], xs: [&[f32]; T]) -> [[f32; T]; 2] {
-        let len = xs[0].len();
-        let n8 = len / 8 * 8;
-        let mut acc = [[_mm256_setzero_ps(); T]; 2];
-        for i in (0..n8).step_by(8) {
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(
-                rows[0].as_ptr().add(2 * i) as *const __m128i
-            ));
-            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(
-                rows[1].as_ptr().add(2 * i) as *const __m128i
-            ));
-            for t in 0..T {
-                let xv = _mm256_loadu_ps(xs[t].as_ptr().add(i));
-                acc[0][t] = _mm256_add_ps(acc[0][t], _mm256_mul_ps(w0, xv));
-                acc[1][t] = _mm256_add_ps(acc[1][t], _mm256_mul_ps(w1, xv));
-            }
-        }
-        let mut out = [[0f32; T]; 2];
-        for (r, row) in rows.iter().enumerate() {
-            for t in 0..T {
-                let mut tail = 0f32;
-                for i in n8..len {
-                    tail +=
-                        half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * xs[t][i];
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn f16_groups<const R: usize, const T: usize>(
+        w: &[u8],
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: *mut f32,
+        out_rows: usize,
+    ) -> usize {
+        let cols = row_bytes / 2;
+        let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+        let mut r = rows.start;
+        while r + R <= rows.end {
+            let rs: [&[u8]; R] =
+                std::array::from_fn(|i| &w[(r + i) * row_bytes..(r + i + 1) * row_bytes]);
+            let ahead = w.as_ptr().wrapping_add((r + R) * row_bytes);
+            let mut t = 0;
+            while t < n {
+                if n - t >= T {
+                    let d = dot_f16_rxt::<R, T>(rs, std::array::from_fn(|j| xt(t + j)), ahead);
+                    for (i, dr) in d.iter().enumerate() {
+                        for (j, &v) in dr.iter().enumerate() {
+                            *out.add((t + j) * out_rows + r + i) = v;
+                        }
+                    }
+                    t += T;
+                } else {
+                    let d = dot_f16_rxt::<R, 1>(rs, [xt(t)], ahead);
+                    for (i, dr) in d.iter().enumerate() {
+                        *out.add(t * out_rows + r + i) = dr[0];
+                    }
+                    t += 1;
                 }
-                out[r][t] = finish(acc[r][t], tail);
+            }
+            r += R;
+        }
+        r
+    }
+
+    /// The F16 product for rows `rows` of `w` (`row_bytes` each) and the `n` token rows of
+    /// `x`: `out[t * out_rows + r]`. Four rows at a time (four read streams) against two
+    /// tokens at a time; the rest one by one. Every output is summed exactly as [`dot_f16`]
+    /// sums it, however it is grouped.
+    ///
+    /// # Safety
+    /// AVX2 and F16C are available; `w` holds the rows in `rows`, `x` holds `n` rows of
+    /// `row_bytes / 2` values, and `out` points to `n * out_rows` floats of which no other
+    /// thread writes the rows in `rows`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn f16_rows(
+        w: &[u8],
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: *mut f32,
+        out_rows: usize,
+    ) {
+        let cols = row_bytes / 2;
+        let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        let mut r = rows.start;
+        // Several tokens: two rows against four tokens per pass (eight add chains, each
+        // converted weight used four times); one token: four rows per pass.
+        if n >= 4 {
+            r = f16_groups::<2, 4>(w, row_bytes, r..rows.end, x, n, out, out_rows);
+        }
+        r = f16_groups::<4, 1>(w, row_bytes, r..rows.end, x, n, out, out_rows);
+        for r in r..rows.end {
+            for t in 0..n {
+                *out.add(t * out_rows + r) = dot_f16(row(r), xt(t));
             }
         }
-        out
     }
 
     /// # Safety

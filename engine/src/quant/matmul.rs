@@ -11,6 +11,38 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// The input of matrix products: `n` token rows of f32, and their int8 quantization for
+/// ternary weights, made on first use and kept for every further product of the same input.
+pub struct Input<'a> {
+    pub x: &'a [f32],
+    pub n: usize,
+    quantized: std::cell::OnceCell<Vec<QuantRow>>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(x: &'a [f32], n: usize) -> Self {
+        Input {
+            x,
+            n,
+            quantized: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Each row quantized as the reference does it ([`quantize_row`]).
+    fn quantized(&self, cols: usize) -> &[QuantRow] {
+        self.quantized.get_or_init(|| {
+            self.x
+                .chunks_exact(cols)
+                .map(|row| {
+                    let mut q = QuantRow::default();
+                    quantize_row(row, &mut q);
+                    q
+                })
+                .collect()
+        })
+    }
+}
+
 /// A weight matrix viewed in place in its (memory-mapped) file.
 #[derive(Clone)]
 pub struct Weight {
@@ -106,21 +138,29 @@ impl Weight {
         threads: usize,
         stats: &KernelStats,
     ) {
+        self.matmul_input(isa, &Input::new(x, n), out, threads, stats)
+    }
+
+    /// [`Weight::matmul_isa`] on an [`Input`] that several weights share (the model's q, k and
+    /// v products, gate and up): its int8 quantization is made once, by the first ternary
+    /// weight that needs it.
+    pub fn matmul_input(
+        &self,
+        isa: Isa,
+        input: &Input,
+        out: &mut [f32],
+        threads: usize,
+        stats: &KernelStats,
+    ) {
+        let (x, n) = (input.x, input.n);
         let isa = Isa::effective(self.ty, isa);
         assert_eq!(x.len(), n * self.cols, "{}: activation length", self.name);
         assert_eq!(out.len(), n * self.rows, "{}: output length", self.name);
         let t0 = Instant::now();
-        let kind = self.ty.traits().kind;
-        let acts: Vec<QuantRow> = if kind == Kind::Ternary {
-            x.chunks_exact(self.cols)
-                .map(|row| {
-                    let mut q = QuantRow::default();
-                    quantize_row(row, &mut q);
-                    q
-                })
-                .collect()
+        let acts: &[QuantRow] = if self.ty.traits().kind == Kind::Ternary {
+            input.quantized(self.cols)
         } else {
-            Vec::new()
+            &[]
         };
         // Small products are not worth waking other threads for.
         let threads = if self.rows * self.cols * n < (1 << 15) {
@@ -133,7 +173,6 @@ impl Weight {
         let chunk = self.rows.div_ceil(threads * 4).max(8);
         let tasks = self.rows.div_ceil(chunk);
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let acts = &acts;
         crate::pool::get(threads).run(tasks, &|i| {
             let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(self.rows));
             // SAFETY: tasks cover disjoint row ranges, and `out` outlives the run.
@@ -165,98 +204,42 @@ impl Weight {
     ) {
         // Only the scalar float formats need a dequantization buffer; allocate it on first use.
         let mut scratch = Vec::new();
-        let mut range = range;
-        // The output projection of several sequences (F16): two rows at a time against up to
-        // four tokens, each weight converted once for all of them.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::F16 && isa == Isa::Avx2 && n >= 2 {
-            while range.len() >= 2 {
-                let r = range.start;
-                let rows = [self.row_bytes(r), self.row_bytes(r + 1)];
-                let mut t = 0;
-                while t < n {
-                    let k = (n - t).min(4);
-                    // SAFETY: as for the one-row AVX2 arm below; `out` as for this function.
-                    unsafe {
-                        match k {
-                            4 => f16_pair::<4>(rows, x, self.cols, t, r, self.rows, out),
-                            3 => f16_pair::<3>(rows, x, self.cols, t, r, self.rows, out),
-                            2 => f16_pair::<2>(rows, x, self.cols, t, r, self.rows, out),
-                            _ => f16_pair::<1>(rows, x, self.cols, t, r, self.rows, out),
-                        }
-                    }
-                    t += k;
-                }
-                range.start += 2;
-            }
-        }
-        // The output projection (F16, one row per vocabulary entry): four rows at a time.
+        // F16 (the output projection): all rows and tokens in one AVX2 loop.
         #[cfg(target_arch = "x86_64")]
         if self.ty == TensorType::F16 && isa == Isa::Avx2 {
-            while range.len() >= 4 {
-                let r = range.start;
-                let rows = [
-                    self.row_bytes(r),
-                    self.row_bytes(r + 1),
-                    self.row_bytes(r + 2),
-                    self.row_bytes(r + 3),
-                ];
-                for t in 0..n {
-                    // SAFETY: as for the one-row AVX2 arm below.
-                    let d = unsafe {
-                        float::avx2::dot_f16_x4(rows, &x[t * self.cols..(t + 1) * self.cols])
-                    };
-                    for (k, v) in d.into_iter().enumerate() {
-                        *out.0.add(t * self.rows + r + k) = v;
-                    }
-                }
-                range.start += 4;
-            }
+            let rb = self.ty.row_bytes(self.cols);
+            // SAFETY: Isa::effective only yields Avx2 when the CPU has AVX2 and F16C; `x` has
+            // `n` rows of `cols`; `out` as for this function.
+            unsafe { float::avx2::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
+            return;
+        }
+        // Ternary I2_S: every token of the product (one, a prompt, or the decode steps of
+        // several sequences) in one AVX2 loop over the rows.
+        #[cfg(target_arch = "x86_64")]
+        if self.ty == TensorType::I2S && isa == Isa::Avx2 {
+            let rb = self.ty.row_bytes(self.cols);
+            // SAFETY: Isa::effective only yields Avx2 when the CPU has it; the activations
+            // have the validated row length; `out` as for this function.
+            unsafe {
+                i2s::avx2::rows(
+                    self.bytes(),
+                    rb,
+                    range,
+                    acts,
+                    self.i2s_scale,
+                    out.0,
+                    self.rows,
+                )
+            };
+            return;
         }
         for r in range {
             let row = self.row_bytes(r);
-            let mut first = 0;
-            // Several tokens (a prompt, or the decode steps of several sequences): up to four
-            // per pass over the row's codes.
-            #[cfg(target_arch = "x86_64")]
-            if self.ty == TensorType::I2S && isa == Isa::Avx2 && n >= 2 {
-                while first < n {
-                    let k = (n - first).min(4);
-                    let a = &acts[first..first + k];
-                    // SAFETY: as for the one-token AVX2 arm below.
-                    let d: [i32; 4] = unsafe {
-                        match k {
-                            4 => i2s::avx2::dot_codes_xt(row, [&a[0].q, &a[1].q, &a[2].q, &a[3].q]),
-                            3 => {
-                                let d = i2s::avx2::dot_codes_xt(row, [&a[0].q, &a[1].q, &a[2].q]);
-                                [d[0], d[1], d[2], 0]
-                            }
-                            2 => {
-                                let d = i2s::avx2::dot_codes_xt(row, [&a[0].q, &a[1].q]);
-                                [d[0], d[1], 0, 0]
-                            }
-                            _ => [i2s::avx2::dot_codes(row, &a[0].q), 0, 0, 0],
-                        }
-                    };
-                    for (j, a) in a.iter().enumerate() {
-                        *out.0.add((first + j) * self.rows + r) =
-                            i2s::finish(d[j], a, self.i2s_scale);
-                    }
-                    first += k;
-                }
-            }
-            for t in first..n {
+            for t in 0..n {
                 let xt = &x[t * self.cols..(t + 1) * self.cols];
                 let v = match (self.ty, isa) {
                     // SAFETY (avx2 arms): Isa::effective only yields Avx2 when the CPU has AVX2
                     // and F16C; row and activation lengths match the validated shape.
-                    #[cfg(target_arch = "x86_64")]
-                    (TensorType::I2S, Isa::Avx2) => {
-                        let d = unsafe { i2s::avx2::dot_codes(row, &acts[t].q) };
-                        i2s::finish(d, &acts[t], self.i2s_scale)
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    (TensorType::F16, Isa::Avx2) => unsafe { float::avx2::dot_f16(row, xt) },
                     #[cfg(target_arch = "x86_64")]
                     (TensorType::F32, Isa::Avx2) => unsafe { float::avx2::dot_f32(row, xt) },
                     (TensorType::I2S, _) => {
@@ -282,33 +265,6 @@ impl Weight {
             .iter()
             .find(|k| k.0 == self.ty && k.1 == gemv && k.2 == isa)
             .map_or("unsupported", |k| k.3)
-    }
-}
-
-/// Rows `r` and `r + 1` of the F16 product for tokens `t .. t + T`.
-///
-/// # Safety
-/// AVX2 and F16C are available; `out` points to the `n * out_rows` outputs and no other
-/// thread writes rows `r` and `r + 1`.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn f16_pair<const T: usize>(
-    rows: [&[u8]; 2],
-    x: &[f32],
-    cols: usize,
-    t: usize,
-    r: usize,
-    out_rows: usize,
-    out: SendPtr,
-) {
-    let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t + j) * cols..(t + j + 1) * cols]);
-    // SAFETY: the caller's guarantees.
-    let d = unsafe { float::avx2::dot_f16_2xt(rows, xs) };
-    for (j, (&a, &b)) in d[0].iter().zip(&d[1]).enumerate() {
-        unsafe {
-            *out.0.add((t + j) * out_rows + r) = a;
-            *out.0.add((t + j) * out_rows + r + 1) = b;
-        }
     }
 }
 

@@ -1,0 +1,200 @@
+//! Attention of one query head over a sequence's KV cache: scores, softmax, the weighted sum
+//! of values. [`head`] is the plain reference; an AVX2 version runs the same arithmetic in the
+//! same order (eight lane sums per dot product combined in one fixed tree, separate multiplies
+//! and adds, values summed position by position), so both give the same bits (property test
+//! below) and results do not depend on the machine's instruction set.
+//!
+//! Decode steps of several sequences share every weight read, but each sequence attends over
+//! its own cache, so this is the part of a batched step that does not shrink per token.
+
+use crate::quant::matmul::Isa;
+
+/// The cache of one layer as [`head`] reads it: position `p`'s key for this head is
+/// `keys[p * stride + offset..][..q.len()]`, likewise its value.
+#[derive(Clone, Copy)]
+pub struct Cache<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+}
+
+/// `out = sum_p softmax(q . k_p * scale)_p v_p` over positions `0..scores.len()`, with
+/// `scores` as scratch. Uses AVX2 when the CPU has it (identical results).
+pub fn head(q: &[f32], cache: Cache, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx2 && q.len().is_multiple_of(8) {
+        // SAFETY: the CPU has AVX2; the slices are checked inside.
+        return unsafe { avx2::head(q, cache, scale, scores, out) };
+    }
+    head_scalar(q, cache, scale, scores, out)
+}
+
+/// The reference: [`head`] written out plainly.
+pub fn head_scalar(q: &[f32], c: Cache, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let hd = q.len();
+    for (p, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, &c.keys[p * c.stride + c.offset..][..hd]) * scale;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (p, &a) in scores.iter().enumerate() {
+        let v = &c.values[p * c.stride + c.offset..][..hd];
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o += a * vv;
+        }
+    }
+}
+
+/// Dot product in a fixed order: eight lane sums (lane i takes elements i, i + 8, ...), folded
+/// as `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the tail added in order.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            l[i] += x[i] * y[i];
+        }
+    }
+    let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    let mut d = (s[0] + s[1]) + (s[2] + s[3]);
+    for (x, y) in ar.iter().zip(br) {
+        d += x * y;
+    }
+    d
+}
+
+/// Softmax in place: subtract the maximum, exponentiate, divide by the sum (taken in order).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{softmax, Cache};
+    use std::arch::x86_64::*;
+
+    /// Lanes `[l0+l4, l1+l5, l2+l6, l3+l7]` of an eight-lane sum.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fold4(acc: __m256) -> __m128 {
+        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1))
+    }
+
+    /// # Safety
+    /// AVX2 is available and `q.len()` is a multiple of 8.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn head(q: &[f32], c: Cache, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let hd = q.len();
+        let n = scores.len();
+        assert!(hd.is_multiple_of(8) && out.len() == hd);
+        if n > 0 {
+            // Every position read below lies within both caches.
+            let last = (n - 1) * c.stride + c.offset + hd;
+            assert!(c.keys.len() >= last && c.values.len() >= last);
+        }
+        let (qp, kp, vp) = (q.as_ptr(), c.keys.as_ptr(), c.values.as_ptr());
+        let sc = _mm_set1_ps(scale);
+        // Scores, four positions at a time: four independent add chains.
+        let mut p = 0;
+        while p + 4 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for i in (0..hd).step_by(8) {
+                let qv = _mm256_loadu_ps(qp.add(i));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let k = _mm256_loadu_ps(kp.add((p + j) * c.stride + c.offset + i));
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, k));
+                }
+            }
+            // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3]: twice gives each position's
+            // (s0 + s1) + (s2 + s3), the scalar fold.
+            let h01 = _mm_hadd_ps(fold4(acc[0]), fold4(acc[1]));
+            let h23 = _mm_hadd_ps(fold4(acc[2]), fold4(acc[3]));
+            let d = _mm_hadd_ps(h01, h23);
+            _mm_storeu_ps(scores.as_mut_ptr().add(p), _mm_mul_ps(d, sc));
+            p += 4;
+        }
+        for (j, s) in scores.iter_mut().enumerate().skip(p) {
+            let mut acc = _mm256_setzero_ps();
+            for i in (0..hd).step_by(8) {
+                let k = _mm256_loadu_ps(kp.add(j * c.stride + c.offset + i));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(qp.add(i)), k));
+            }
+            let s4 = fold4(acc);
+            let h = _mm_hadd_ps(s4, s4);
+            *s = _mm_cvtss_f32(_mm_hadd_ps(h, h)) * scale;
+        }
+        softmax(scores);
+        // Weighted values: eight output lanes per register, positions in order.
+        let op = out.as_mut_ptr();
+        let mut i = 0;
+        while i < hd {
+            let w = (hd - i).min(32) / 8;
+            let mut o = [_mm256_setzero_ps(); 4];
+            for (pos, &a) in scores.iter().enumerate() {
+                let av = _mm256_set1_ps(a);
+                let base = vp.add(pos * c.stride + c.offset + i);
+                for (j, o) in o.iter_mut().enumerate().take(w) {
+                    *o = _mm256_add_ps(*o, _mm256_mul_ps(av, _mm256_loadu_ps(base.add(8 * j))));
+                }
+            }
+            for (j, o) in o.iter().enumerate().take(w) {
+                _mm256_storeu_ps(op.add(i + 8 * j), *o);
+            }
+            i += 8 * w;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn avx2_attention_matches_the_reference_bit_for_bit(
+            hd8 in 1usize..=20,
+            positions in 1usize..40,
+            heads in 1usize..4,
+            head in 0usize..4,
+            seed in any::<u64>(),
+        ) {
+            let hd = hd8 * 8;
+            let head = head % heads;
+            let stride = heads * hd;
+            let mut rng = crate::sample::Rng::new(seed);
+            let mut vals = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 8.0).collect()
+            };
+            let q = vals(hd);
+            let keys = vals(positions * stride);
+            let values = vals(positions * stride);
+            let cache = Cache { keys: &keys, values: &values, stride, offset: head * hd };
+            let scale = 1.0 / (hd as f32).sqrt();
+            let (mut s1, mut s2) = (vec![0f32; positions], vec![0f32; positions]);
+            let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
+            head_scalar(&q, cache, scale, &mut s1, &mut o1);
+            super::head(&q, cache, scale, &mut s2, &mut o2);
+            prop_assert_eq!(s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            prop_assert_eq!(o1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            o2.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn dot_handles_a_tail() {
+        let a: Vec<f32> = (0..11).map(|i| i as f32).collect();
+        assert_eq!(dot(&a, &a), (0..11).map(|i| (i * i) as f32).sum::<f32>());
+    }
+}
