@@ -210,12 +210,26 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if !matches!(cli.cmd, Command::Serve(_)) {
+        default_sigpipe();
+    }
     match dispatch(cli.cmd) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             exit_code(&e)
         }
+    }
+}
+
+/// A closed pipe ends the command quietly, as it does other Unix tools (`bitnet inspect M |
+/// head`), instead of a panic from `println!`. Rust ignores SIGPIPE by default; the server
+/// keeps that, since a client closing its socket must not kill it.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of a signal has no memory-safety effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

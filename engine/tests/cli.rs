@@ -317,3 +317,36 @@ fn bench_rejects_bad_options_and_a_missing_reference_with_exit_2() {
         assert!(err.contains("--features reference"), "{err}");
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_inspect_quietly() {
+    use std::process::Stdio;
+    let model = converted("i2_s", "f32");
+    // Its stdout is a pipe whose reader is gone before it starts (`| head -0`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = bitnet()
+        .args(["inspect"])
+        .arg(&model)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc_sigpipe()),
+            "{:?}",
+            out.status
+        );
+    }
+}
+
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
+}
