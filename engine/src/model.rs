@@ -505,7 +505,20 @@ fn checked_tensor(file: &Arc<Gguf>, name: &str, dims: &[u64]) -> Result<Weight, 
 pub fn rmsnorm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        // Sum of squares in f64, in four running sums (so it vectorizes) added pairwise.
+        let mut l = [0f64; 4];
+        let chunks = x.chunks_exact(4);
+        let tail: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum();
+        for c in chunks {
+            for i in 0..4 {
+                l[i] += (c[i] as f64) * (c[i] as f64);
+            }
+        }
+        let ss = (l[0] + l[1]) + (l[2] + l[3]) + tail;
         let mean = (ss / d as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {

@@ -113,15 +113,24 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
 }
 
-/// Index of the largest logit; the lowest index wins ties. NaNs never win.
+/// Index of the largest logit; the lowest index wins ties. NaNs never win (0 when every
+/// logit is NaN). The maximum is found with eight running maxima, so it vectorizes, and
+/// then its first index.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] || logits[best].is_nan() {
-            best = i;
+    let max = |m: f32, v: f32| if v > m { v } else { m };
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| max(m, v));
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] = max(lanes[i], c[i]);
         }
     }
-    best as u32
+    m = lanes.into_iter().fold(m, max);
+    logits.iter().position(|&v| v == m).unwrap_or(0) as u32
 }
 
 impl Sampler {
@@ -227,12 +236,34 @@ fn softmax_f64(c: &[(u32, f32)], temp: f64) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn greedy_is_argmax_with_lowest_index_on_ties() {
         let mut s = Sampler::new(SamplerParams::greedy());
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[]), 1);
         assert_eq!(argmax(&[f32::NAN, 1.0, 0.5]), 1);
+        assert_eq!(argmax(&[f32::NAN; 11]), 0);
+        assert_eq!(argmax(&[]), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn argmax_is_the_first_largest_non_nan(v in prop::collection::vec(
+            prop_oneof![(-4i32..4).prop_map(|k| k as f32), prop::num::f32::ANY],
+            1..70,
+        )) {
+            let want = v
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| !x.is_nan())
+                .fold(None::<(usize, f32)>, |b, (i, &x)| match b {
+                    Some((_, bx)) if x <= bx => b,
+                    _ => Some((i, x)),
+                })
+                .map_or(0, |(i, _)| i);
+            prop_assert_eq!(argmax(&v) as usize, want);
+        }
     }
 
     #[test]
