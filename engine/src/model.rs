@@ -13,6 +13,7 @@
 
 use crate::attention;
 use crate::gguf::{Gguf, GgufError};
+use crate::pool::SendPtr;
 use crate::quant::matmul::{Input, Isa, KernelStats, Weight};
 use crate::quant::FormatError;
 use std::path::Path;
@@ -416,15 +417,38 @@ impl Model {
                     .kv_row(l, pos, false)
                     .copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
             }
-            for (r, &(i, t)) in rows.iter().enumerate() {
-                let state = &mut *seqs[i].state;
-                let pos = state.pos + t;
+            // Every row's key and value are cached now, so rows attend independently: a
+            // prompt's rows are spread over the threads (each row computed the same way
+            // wherever it runs), a few decode rows run here.
+            let attend = |r: usize, scores: &mut Vec<f32>, out: &mut [f32]| {
+                let (i, t) = rows[r];
+                let state = &*seqs[i].state;
                 state.attention(
                     l,
-                    pos,
+                    state.pos + t,
                     &q[r * q_dim..(r + 1) * q_dim],
-                    &mut att_out[r * q_dim..(r + 1) * q_dim],
+                    out,
+                    scores,
                 );
+            };
+            if th > 1 && n >= 8 {
+                let out = SendPtr(att_out.as_mut_ptr());
+                let chunk = n.div_ceil(th * 4);
+                crate::pool::get(th).run(n.div_ceil(chunk), &|c| {
+                    let mut scores = Vec::new();
+                    for r in c * chunk..n.min((c + 1) * chunk) {
+                        // SAFETY: row r of att_out is written by this task only, and att_out
+                        // outlives the run.
+                        let o =
+                            unsafe { std::slice::from_raw_parts_mut(out.offset(r * q_dim), q_dim) };
+                        attend(r, &mut scores, o);
+                    }
+                });
+            } else {
+                let mut scores = Vec::new();
+                for (r, o) in att_out.chunks_exact_mut(q_dim).enumerate() {
+                    attend(r, &mut scores, o);
+                }
             }
             let sub = &mut q; // reuse: normalised attention output
             rmsnorm_rows(sub, &att_out, &w.attn_sub_norm, c.norm_eps);
@@ -593,7 +617,6 @@ pub struct State {
     head_dim: usize,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
-    scores: Vec<f32>,
     rope: RopeTable,
 }
 
@@ -607,7 +630,6 @@ impl State {
             head_dim: c.head_dim,
             keys: vec![Vec::new(); c.n_layers],
             values: vec![Vec::new(); c.n_layers],
-            scores: Vec::new(),
             rope: RopeTable::new(c),
         }
     }
@@ -639,13 +661,21 @@ impl State {
         &mut buf[pos * self.kv_dim..end]
     }
 
-    /// Causal attention of query `q` (all heads) at `pos` over cache positions 0..=pos.
-    fn attention(&mut self, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
+    /// Causal attention of query `q` (all heads) at `pos` over cache positions 0..=pos, with
+    /// `scores` as scratch.
+    fn attention(
+        &self,
+        layer: usize,
+        pos: usize,
+        q: &[f32],
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
         let hd = self.head_dim;
         let group = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        if self.scores.len() <= pos {
-            self.scores.resize(pos + 1, 0.0);
+        if scores.len() <= pos {
+            scores.resize(pos + 1, 0.0);
         }
         for h in 0..self.n_heads {
             let cache = attention::Cache {
@@ -658,7 +688,7 @@ impl State {
                 &q[h * hd..(h + 1) * hd],
                 cache,
                 scale,
-                &mut self.scores[..=pos],
+                &mut scores[..=pos],
                 &mut out[h * hd..(h + 1) * hd],
             );
         }

@@ -264,3 +264,19 @@ mod tests {
         assert_eq!(count.load(Ordering::Relaxed), 10);
     }
 }
+
+/// An output buffer shared by the tasks of one [`Pool::run`], each of which writes its own
+/// disjoint elements.
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+// SAFETY: users write disjoint elements from each task, and the pointee outlives the run.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `i` elements on (called as a method, so a closure captures the whole
+    /// `SendPtr`, which is `Sync`, not its raw field).
+    pub fn offset(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}

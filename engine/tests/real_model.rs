@@ -500,3 +500,23 @@ fn batched_sequences_get_the_logits_they_get_alone() {
     ));
     assert_eq!(before, states.iter().map(|s| s.pos).collect::<Vec<_>>());
 }
+
+/// A prompt's rows attend on several threads (forward_batch spreads them once there are
+/// enough): the logits are the bits of one token at a time, on one thread or two.
+#[test]
+fn a_prompt_on_two_threads_gives_the_bits_of_one_token_at_a_time() {
+    let mut model = Model::load(converted("i2_s", "f32")).unwrap();
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let tokens = tok.encode(&expected_greedy_text(), true, false);
+    let tokens = &tokens[..40];
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    model.threads = 1;
+    let seq = bits(teacher_forced_logits(&model, tokens, Mode::Seq).unwrap());
+    model.threads = 2;
+    let batch = bits(teacher_forced_logits(&model, tokens, Mode::Batch).unwrap());
+    assert_eq!(seq.len(), batch.len());
+    assert!(
+        seq == batch,
+        "batched prompt logits differ from token-at-a-time ones"
+    );
+}

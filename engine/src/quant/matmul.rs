@@ -7,6 +7,7 @@
 
 use super::{float, i2s, quantize_row, tq, FormatError, Kind, QuantRow, TensorType};
 use crate::gguf::{Gguf, TensorInfo};
+use crate::pool::SendPtr;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -329,13 +330,6 @@ pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
 pub fn is_kernel_id(id: &str) -> bool {
     KERNELS.iter().any(|k| k.3 == id)
 }
-
-/// The output pointer, shared by the tasks of one product (each writes its own rows).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint elements; the pointee outlives the pool run.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// Counters for one kernel id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
