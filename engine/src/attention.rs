@@ -65,23 +65,134 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     d
 }
 
-/// Softmax in place: subtract the maximum, exponentiate, divide by the sum (taken in order).
+/// Softmax in place: subtract the maximum, exponentiate ([`exp_neg`]), divide by the sum
+/// (eight lane sums folded as in [`dot`], then the tail in order).
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+        *v = exp_neg(*v - max);
     }
+    let sum = sum8(x);
     for v in x.iter_mut() {
         *v /= sum;
     }
 }
 
+fn sum8(x: &[f32]) -> f32 {
+    let mut l = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            l[i] += c[i];
+        }
+    }
+    let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    let mut d = (s[0] + s[1]) + (s[2] + s[3]);
+    for &v in tail {
+        d += v;
+    }
+    d
+}
+
+/// Below this, e^x is clamped (e^-87.33 is about f32's smallest normal).
+const EXP_MIN: f32 = -87.33654;
+/// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer, ties to even.
+const ROUND: f32 = 12_582_912.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two (Cephes): `n * LN2_HI` is exact for the n that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes expf polynomial on [-ln2/2, ln2/2].
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
+/// e^x for x <= 0 (softmax's shifted scores), to about 1 ulp: x = n ln2 + r, e^r by a
+/// polynomial, times 2^n built in the exponent bits. Plain f32 multiplies and adds in a fixed
+/// order (no fused multiply-add), which the AVX2 version repeats lane by lane.
+pub fn exp_neg(x: f32) -> f32 {
+    let x = if x < EXP_MIN { EXP_MIN } else { x };
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let y = (p * (r * r) + r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{softmax, Cache};
+    use super::{exp_neg, Cache, EXP_MIN, EXP_P, LN2_HI, LN2_LO, LOG2E, ROUND};
     use std::arch::x86_64::*;
+
+    /// [`exp_neg`] of eight lanes, operation for operation.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let min = _mm256_set1_ps(EXP_MIN);
+        // x < min ? min : x (a NaN stays NaN, as in the scalar form).
+        let x = _mm256_blendv_ps(x, min, _mm256_cmp_ps::<_CMP_LT_OQ>(x, min));
+        let round = _mm256_set1_ps(ROUND);
+        let n = _mm256_sub_ps(
+            _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), round),
+            round,
+        );
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
+            _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+        );
+        let mut p = _mm256_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r),
+            _mm256_set1_ps(1.0),
+        );
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+    }
+
+    /// [`super::softmax`] with the exponentials, the lane sums and the divisions eight at a
+    /// time.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn softmax(x: &mut [f32]) {
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let (mv, n8) = (_mm256_set1_ps(max), x.len() / 8 * 8);
+        let p = x.as_mut_ptr();
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..n8).step_by(8) {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let s4 = fold4(acc);
+        let h = _mm_hadd_ps(s4, s4);
+        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+        for v in &mut x[n8..] {
+            *v = exp_neg(*v - max);
+            sum += *v;
+        }
+        let sv = _mm256_set1_ps(sum);
+        for i in (0..n8).step_by(8) {
+            _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), sv));
+        }
+        for v in &mut x[n8..] {
+            *v /= sum;
+        }
+    }
 
     /// Lanes `[l0+l4, l1+l5, l2+l6, l3+l7]` of an eight-lane sum.
     #[inline]
@@ -190,6 +301,20 @@ mod tests {
             prop_assert_eq!(o1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                             o2.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn exp_neg_is_within_two_ulps_of_exp() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (got, want) = (exp_neg(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp_neg(f32::NAN).is_nan());
     }
 
     #[test]
