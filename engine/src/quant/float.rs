@@ -143,24 +143,8 @@ pub mod avx2 {
                         half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * xs[t][i];
                 }
             }
-            if R == 4 {
-                // The four rows' folds at once: hadd twice gives each row's
-                // ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)), the order `finish` uses.
-                let f =
-                    |a: __m256| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-                let h01 = _mm_hadd_ps(f(acc[0][t]), f(acc[1][t]));
-                let h23 = _mm_hadd_ps(f(acc[2][t]), f(acc[3][t]));
-                let tails: [f32; 4] = std::array::from_fn(|r| tail[r % R]);
-                let sums = _mm_add_ps(_mm_hadd_ps(h01, h23), _mm_loadu_ps(tails.as_ptr()));
-                let mut v = [0f32; 4];
-                _mm_storeu_ps(v.as_mut_ptr(), sums);
-                for r in 0..R {
-                    out[r][t] = v[r];
-                }
-            } else {
-                for r in 0..R {
-                    out[r][t] = finish(acc[r][t], tail[r]);
-                }
+            for r in 0..R {
+                out[r][t] = finish(acc[r][t], tail[r]);
             }
         }
         out

@@ -104,8 +104,8 @@ pub fn finish(d: i32, act: &QuantRow, w_scale: f32) -> f32 {
 }
 
 /// AVX2 version of [`dot_codes`]: identical integer result (codes 0..2 times int8 with
-/// `maddubs`, at most 4 * 512 per 16-bit lane, widened to i32 every block, so nothing
-/// saturates or wraps).
+/// `maddubs`, at most 4 * 512 per 16-bit lane per block, widened to i32 every 8 blocks, so
+/// nothing saturates or wraps). One token is the one-token case of the multi-token kernel.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
@@ -127,29 +127,7 @@ pub mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot_codes(row: &[u8], q: &[i8]) -> i32 {
         debug_assert_eq!(row.len() * 4, q.len());
-        let mask = _mm256_set1_epi8(3);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_si256();
-        let (w, x) = (row.as_ptr(), q.as_ptr());
-        for b in 0..row.len() / 32 {
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(b * 32 + PREFETCH) as *const i8);
-            let packed = _mm256_loadu_si256(w.add(b * 32) as *const __m256i);
-            let qv = |k: usize| _mm256_loadu_si256(x.add(b * 128 + 32 * k) as *const __m256i);
-            let c0 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), mask);
-            let c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-            let c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), mask);
-            let c3 = _mm256_and_si256(packed, mask);
-            let s01 = _mm256_add_epi16(
-                _mm256_maddubs_epi16(c0, qv(0)),
-                _mm256_maddubs_epi16(c1, qv(1)),
-            );
-            let s23 = _mm256_add_epi16(
-                _mm256_maddubs_epi16(c2, qv(2)),
-                _mm256_maddubs_epi16(c3, qv(3)),
-            );
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones));
-        }
-        hsum(acc)
+        dot_codes_xt(row, [q])[0]
     }
 
     #[inline]
@@ -308,7 +286,7 @@ pub mod avx2 {
                 let d = dot_codes_xt(row, [&a0.q, &a1.q]);
                 [d[0], d[1], 0, 0]
             }
-            [a0] => [dot_codes(row, &a0.q), 0, 0, 0],
+            [a0] => [dot_codes_xt(row, [&a0.q])[0], 0, 0, 0],
             _ => return,
         };
         for (j, a) in a.iter().enumerate() {
