@@ -162,6 +162,8 @@ pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
     };
     let mut ratios = Vec::new();
     let mut base_met = true;
+    // Every round's expectations must hold, not only the last one's.
+    let mut misses = Vec::new();
     let mut last = None;
     for round in 0..rounds {
         let base = match &baseline {
@@ -183,6 +185,10 @@ pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
         };
         let report = execute(&s, target)?;
         report.write(&ctx.work.join("reports"), &g.id)?;
+        misses.extend(report.misses.iter().map(|m| match rounds {
+            1 => m.clone(),
+            _ => format!("round {}: {m}", round + 1),
+        }));
         if let Some(b) = &base {
             let (ours, base) = (report.verdict.tokens_per_s, b.verdict.tokens_per_s);
             ratios.push((ours.unwrap_or(0.0), base.unwrap_or(0.0)));
@@ -200,6 +206,7 @@ pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
     let report = last.ok_or("no rounds ran")?;
     let mut summary = report.summary();
     let mut measurements = report.measurements();
+    measurements["expectations_met"] = json!(misses.is_empty());
     if baseline.is_some() {
         let each: Vec<f64> = ratios.iter().map(|(o, b)| o / b.max(1e-9)).collect();
         let ratio = bitnet::bench::median(&each);
@@ -221,10 +228,10 @@ pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
             )
         };
     }
-    if !report.misses.is_empty() {
+    if !misses.is_empty() {
         summary = format!(
             "{summary}; scenario expectations missed: {}",
-            report.misses.join("; ")
+            misses.join("; ")
         );
     }
     Ok((summary, measurements))
