@@ -1,10 +1,12 @@
 //! Kernels against naive implementations written here from the format descriptions:
 //! I2_S GEMV/GEMM bit-exact (activation quantization included), TQ1_0/TQ2_0 pack/unpack
-//! round trips and dot products, on random shapes and adversarial values.
+//! round trips and dot products, TL2 for every batch size from 1 to 64 on shapes BitNet.cpp
+//! has no kernel for, on random shapes and adversarial values.
 
+use bitnet::gguf::Value;
 use bitnet::gguf::{Gguf, GgufWriter};
 use bitnet::quant::matmul::{Isa, KernelStats, Weight};
-use bitnet::quant::{i2s, tq, TensorType};
+use bitnet::quant::{i2s, tl2, tq, TensorType};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -16,6 +18,45 @@ fn weight(ty: TensorType, rows: usize, cols: usize, bytes: Vec<u8>) -> Weight {
     let g = Arc::new(Gguf::from_bytes(file).unwrap());
     let t = g.tensor("w").unwrap().clone();
     Weight::new(&g, &t).unwrap()
+}
+
+/// A TL2 matrix as a file holds it: the tensor, its `_scale` tensor and its tiling.
+fn tl2_weight(values: &[i8], rows: usize, cols: usize, tiling: tl2::Tiling, scale: f32) -> Weight {
+    let packed = tl2::pack(values, rows, cols, tiling).unwrap();
+    let mut w = GgufWriter::new();
+    let tiles = [rows, cols, tiling.bm, tiling.bk].map(|v| v as u32);
+    w.kv(tl2::TILES_KEY, Value::u32s(tiles));
+    w.tensor("w", &[cols as u64, rows as u64], TensorType::TL2);
+    w.tensor("w_scale", &[1], TensorType::F32);
+    let file = w
+        .to_bytes(|i, out| match i {
+            0 => out.write_all(&packed),
+            _ => out.write_all(&scale.to_le_bytes()),
+        })
+        .unwrap();
+    let g = Arc::new(Gguf::from_bytes(file).unwrap());
+    let t = g.tensor("w").unwrap().clone();
+    Weight::new(&g, &t).unwrap()
+}
+
+/// The product of row-major ternary `values` with each token row of `x`, from the formula.
+fn naive_gemm(
+    values: &[i8],
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    x: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * rows];
+    for t in 0..n {
+        let (q, s, _) = naive_quant(&x[t * cols..(t + 1) * cols]);
+        for r in 0..rows {
+            let d: i32 = (0..cols).map(|c| values[r * cols + c] as i32 * q[c]).sum();
+            out[t * rows + r] = d as f32 / s * scale;
+        }
+    }
+    out
 }
 
 /// The activation quantization formula, written out: max in f64, s = 127 / max(m, 1e-5) as
@@ -166,7 +207,7 @@ proptest! {
         let d16 = half::f16::from_f32(d).to_f32();
         for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
             let packed = if ty == TensorType::TQ2_0 { tq::pack_tq2(v, &scales) } else { tq::pack_tq1(v, &scales) }.unwrap();
-            prop_assert_eq!(packed.len() as u64, ty.tensor_bytes(cols as u64));
+            prop_assert_eq!(packed.len() as u64, ty.tensor_bytes(cols as u64, cols as u64));
             let deq = bitnet::quant::dequantize(ty, &packed, 1, cols).unwrap();
             for (j, (&got, &want)) in deq.iter().zip(v).enumerate() {
                 prop_assert_eq!(got, want as f32 * d16, "{} element {}", ty, j);
@@ -268,5 +309,126 @@ fn i2s_gemv_is_exact_at_extreme_magnitudes_over_many_blocks() {
                 }
             }
         }
+    }
+}
+
+/// Checks a TL2 product against the formula, bit for bit, with every ISA and 1 and 2 threads.
+fn check_tl2(values: &[i8], rows: usize, cols: usize, tiling: tl2::Tiling, x: &[f32], n: usize) {
+    let scale = 0.75;
+    let want = naive_gemm(values, rows, cols, scale, x, n);
+    let w = tl2_weight(values, rows, cols, tiling, scale);
+    for isa in [Isa::Scalar, Isa::detect()] {
+        for threads in [1, 2] {
+            let stats = KernelStats::default();
+            let mut got = vec![0f32; n * rows];
+            w.matmul_isa(isa, x, n, &mut got, threads, &stats);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{rows}x{cols} {tiling:?}, {n} tokens, element {i} ({isa:?}, {threads} threads): {g} vs {e}"
+                );
+            }
+            let id = w.kernel_id(n, isa);
+            assert!(id.starts_with("tl2_"), "{id}");
+            assert_eq!(stats.snapshot()[id].calls, 1);
+        }
+    }
+}
+
+fn lcg_values(n: usize, seed: u64) -> Vec<i8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % 3) as i8 - 1
+        })
+        .collect()
+}
+
+fn lcg_floats(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
+/// Every batch size from 1 to 64, on shapes BitNet.cpp has no generated kernel for: the real
+/// model's (256x256 and 128x256: K = 2 K-tiles + 64 pair columns) and an odd one with several
+/// M-tiles and a 32-column tail.
+#[test]
+fn tl2_is_exact_for_every_batch_size_from_1_to_64() {
+    let shapes = [
+        (256, 256, tl2::Tiling { bm: 256, bk: 96 }),
+        (128, 256, tl2::Tiling { bm: 128, bk: 96 }),
+        (96, 416, tl2::Tiling { bm: 32, bk: 96 }),
+    ];
+    for (i, (rows, cols, tiling)) in shapes.into_iter().enumerate() {
+        let values = lcg_values(rows * cols, i as u64);
+        let x = lcg_floats(64 * cols, 100 + i as u64);
+        for n in 1..=64 {
+            check_tl2(&values, rows, cols, tiling, &x[..n * cols], n);
+        }
+    }
+}
+
+/// The same weights give the same bits as TL2 and as I2_S.
+#[test]
+fn tl2_and_i2s_give_the_same_bits() {
+    let (rows, cols) = (64, 384);
+    let values = lcg_values(rows * cols, 7);
+    let x = lcg_floats(5 * cols, 8);
+    let tl2 = tl2_weight(
+        &values,
+        rows,
+        cols,
+        tl2::Tiling::for_shape(rows, cols).unwrap(),
+        1.5,
+    );
+    let i2s = weight(
+        TensorType::I2S,
+        rows,
+        cols,
+        i2s::pack(&values, rows, cols, 1.5).unwrap(),
+    );
+    for n in [1, 5] {
+        let stats = KernelStats::default();
+        let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        tl2.matmul(&x[..n * cols], n, &mut a, 2, &stats);
+        i2s.matmul(&x[..n * cols], n, &mut b, 2, &stats);
+        assert_eq!(
+            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random tilings and shapes (1-4 subtiles per M-tile, 1-3 M-tiles, BK 96 or 192, 0-64
+    /// pair columns), adversarial weights and activations, 1-64 tokens.
+    #[test]
+    fn tl2_matches_the_formula_on_random_shapes(subtiles in 1usize..=4, m_tiles in 1usize..=3,
+                                                 k_tiles in 0usize..=4, tail in 0usize..3, wide in any::<bool>(),
+                                                 n in 1usize..=64, seed in any::<u64>(), x in activations(),
+                                                 fill in prop_oneof![Just(None), Just(Some(1i8)), Just(Some(-1i8))]) {
+        let bk = if wide { 192 } else { 96 };
+        let cols = (k_tiles * bk + tail * 32).max(32);
+        let rows = subtiles * 32 * m_tiles;
+        let tiling = tl2::Tiling { bm: subtiles * 32, bk };
+        let values = match fill {
+            Some(v) => vec![v; rows * cols],
+            None => lcg_values(rows * cols, seed),
+        };
+        let x: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
+        check_tl2(&values, rows, cols, tiling, &x, n);
     }
 }

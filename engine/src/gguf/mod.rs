@@ -460,7 +460,7 @@ impl Gguf {
         for _ in 0..n_tensors {
             let name = c.string("tensor name")?;
             let n_dims = c.u32("tensor dimension count")?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
+            if n_dims > MAX_DIMS {
                 return Err(GgufError::TooManyDims {
                     tensor: name,
                     n_dims,
@@ -469,6 +469,11 @@ impl Gguf {
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(c.u64("tensor dimension")?);
+            }
+            // A scalar (ggml allows 0 dimensions; BitNet.cpp's TL2 scales are written so) is
+            // read as one element.
+            if dims.is_empty() {
+                dims.push(1);
             }
             let ty = c.u32("tensor type")?;
             let offset = c.u64("tensor offset")?;
@@ -506,7 +511,7 @@ impl Gguf {
                     block: traits.row_multiple(),
                 });
             }
-            let size = ty.tensor_bytes(n_el);
+            let size = ty.tensor_bytes(dims[0], n_el);
             if offset % alignment != 0 {
                 return Err(GgufError::MisalignedOffset {
                     tensor: name,

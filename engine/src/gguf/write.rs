@@ -46,7 +46,7 @@ impl GgufWriter {
     /// Declares a tensor; `dims` innermost first. Its bytes are supplied later, in order.
     pub fn tensor(&mut self, name: &str, dims: &[u64], ty: TensorType) -> &mut Self {
         let n: u64 = dims.iter().product();
-        let size = ty.tensor_bytes(n);
+        let size = ty.tensor_bytes(dims.first().copied().unwrap_or(1), n);
         self.tensors.push(PendingTensor {
             name: name.into(),
             dims: dims.to_vec(),
@@ -204,6 +204,9 @@ impl Value {
     }
     pub fn f32s(it: impl IntoIterator<Item = f32>) -> Value {
         Value::Array(ValueType::F32, it.into_iter().map(Value::F32).collect())
+    }
+    pub fn u32s(it: impl IntoIterator<Item = u32>) -> Value {
+        Value::Array(ValueType::U32, it.into_iter().map(Value::U32).collect())
     }
     pub fn i32s(it: impl IntoIterator<Item = i32>) -> Value {
         Value::Array(ValueType::I32, it.into_iter().map(Value::I32).collect())

@@ -5,7 +5,7 @@
 //! Each output element is computed by exactly one thread with a fixed operation order, so
 //! results are identical for any thread count.
 
-use super::{float, i2s, quantize_row, tq, FormatError, Kind, QuantRow, TensorType};
+use super::{float, i2s, quantize_row, tl2, tq, FormatError, Kind, QuantRow, TensorType};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::pool::SendPtr;
 use std::collections::BTreeMap;
@@ -18,6 +18,8 @@ pub struct Input<'a> {
     pub x: &'a [f32],
     pub n: usize,
     quantized: std::cell::OnceCell<Vec<QuantRow>>,
+    /// TL2 lookup tables of every row, and the K3 they were built for.
+    tl2_luts: std::cell::OnceCell<(usize, Vec<u8>)>,
 }
 
 impl<'a> Input<'a> {
@@ -26,6 +28,26 @@ impl<'a> Input<'a> {
             x,
             n,
             quantized: std::cell::OnceCell::new(),
+            tl2_luts: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The TL2 lookup tables of every row for a layout: made once and shared by the weights
+    /// with the same K3 (q, k and v; gate and up), built afresh for any other.
+    fn tl2_luts(&self, l: &tl2::Layout) -> std::borrow::Cow<'_, [u8]> {
+        let build = || {
+            let acts = self.quantized(l.cols);
+            let mut luts = Vec::with_capacity(acts.len() * l.lut_bytes());
+            for a in acts {
+                tl2::build_luts(&a.q, l.k3, &mut luts);
+            }
+            (l.k3, luts)
+        };
+        let (k3, luts) = self.tl2_luts.get_or_init(build);
+        if *k3 == l.k3 {
+            std::borrow::Cow::Borrowed(luts)
+        } else {
+            std::borrow::Cow::Owned(build().1)
         }
     }
 
@@ -54,8 +76,10 @@ pub struct Weight {
     pub cols: usize,
     start: usize,
     len: usize,
-    /// I2_S per-tensor scale (1.0 for other types).
-    i2s_scale: f32,
+    /// I2_S and TL2 per-tensor scale (1.0 for other types).
+    w_scale: f32,
+    /// TL2's layout (its tiling comes from the file's metadata).
+    tl2: Option<tl2::Layout>,
     /// A separate scalar the product is multiplied by afterwards (the reference's optional
     /// `<name>.scale` tensors), applied as its own f32 multiply like the reference's ggml_mul.
     pub post_scale: Option<f32>,
@@ -81,10 +105,13 @@ impl Weight {
         let (rows, cols) = t.rows_cols();
         super::check_size(t.ty, rows, cols, t.size as usize)?;
         let bytes = file.tensor_data(t);
-        let i2s_scale = if t.ty == TensorType::I2S {
-            i2s::scale(bytes, bytes.len())
-        } else {
-            1.0
+        let (w_scale, tl2) = match t.ty {
+            TensorType::I2S => (i2s::scale(bytes, bytes.len()), None),
+            TensorType::TL2 => {
+                let (scale, layout) = tl2_parts(file, t, rows, cols)?;
+                (scale, Some(layout))
+            }
+            _ => (1.0, None),
         };
         Ok(Weight {
             file: file.clone(),
@@ -94,7 +121,8 @@ impl Weight {
             cols,
             start: t.file_offset as usize,
             len: t.size as usize,
-            i2s_scale,
+            w_scale,
+            tl2,
             post_scale: None,
         })
     }
@@ -110,6 +138,14 @@ impl Weight {
 
     /// Row `r` dequantized to f32 (embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if let Some(l) = &self.tl2 {
+            let mut v = vec![0i8; self.cols];
+            tl2::decode_row(self.bytes(), l, r, &mut v);
+            for (o, v) in out.iter_mut().zip(v) {
+                *o = v as f32 * self.w_scale;
+            }
+            return;
+        }
         super::dequantize_row(self.ty, self.bytes(), r, self.cols, out)
             .expect("type and size were validated in Weight::new");
     }
@@ -171,13 +207,22 @@ impl Weight {
         };
         // Rows in chunks, taken dynamically; each output element is written by exactly one
         // task, so the result does not depend on which thread ran it.
-        let chunk = self.rows.div_ceil(threads * 4).max(8);
+        let mut chunk = self.rows.div_ceil(threads * 4).max(8);
+        // TL2 is computed in whole 32-row subtiles, on its tables.
+        let luts = match &self.tl2 {
+            Some(l) => {
+                chunk = chunk.next_multiple_of(tl2::SUBTILE);
+                input.tl2_luts(l)
+            }
+            None => std::borrow::Cow::Borrowed(&[][..]),
+        };
         let tasks = self.rows.div_ceil(chunk);
         let out_ptr = SendPtr(out.as_mut_ptr());
         crate::pool::get(threads).run(tasks, &|i| {
             let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(self.rows));
             // SAFETY: tasks cover disjoint row ranges, and `out` outlives the run.
-            unsafe { self.rows_into(isa, r0..r1, x, n, acts, out_ptr) };
+            let tokens = tl2::Tokens { acts, luts: &luts };
+            unsafe { self.rows_into(isa, r0..r1, x, n, tokens, out_ptr) };
         });
         if let Some(p) = self.post_scale {
             out.iter_mut().for_each(|v| *v *= p);
@@ -200,9 +245,15 @@ impl Weight {
         range: std::ops::Range<usize>,
         x: &[f32],
         n: usize,
-        acts: &[QuantRow],
+        tokens: tl2::Tokens,
         out: SendPtr,
     ) {
+        if let Some(l) = &self.tl2 {
+            // SAFETY: as for this function; the row range is whole subtiles of the layout.
+            unsafe { self.tl2_rows_into(l, isa, range, tokens, out) };
+            return;
+        }
+        let acts = tokens.acts;
         // Only the scalar float formats need a dequantization buffer; allocate it on first use.
         let mut scratch = Vec::new();
         // F16 (the output projection): all rows and tokens in one AVX2 loop.
@@ -227,7 +278,7 @@ impl Weight {
                     rb,
                     range,
                     acts,
-                    self.i2s_scale,
+                    self.w_scale,
                     out.0,
                     self.rows,
                 )
@@ -244,7 +295,7 @@ impl Weight {
                     #[cfg(target_arch = "x86_64")]
                     (TensorType::F32, Isa::Avx2) => unsafe { float::avx2::dot_f32(row, xt) },
                     (TensorType::I2S, _) => {
-                        i2s::finish(i2s::dot_codes(row, &acts[t].q), &acts[t], self.i2s_scale)
+                        i2s::finish(i2s::dot_codes(row, &acts[t].q), &acts[t], self.w_scale)
                     }
                     (TensorType::TQ2_0, _) => tq::dot_tq2(row, &acts[t]),
                     (TensorType::TQ1_0, _) => tq::dot_tq1(row, &acts[t]),
@@ -258,6 +309,35 @@ impl Weight {
         }
     }
 
+    /// [`Weight::rows_into`] for TL2: the lookup-table kernel on AVX2, otherwise the scalar
+    /// reference that decodes each row.
+    ///
+    /// # Safety
+    /// As [`Weight::rows_into`]; `range` is whole subtiles, `luts` made for `acts` and `l`.
+    unsafe fn tl2_rows_into(
+        &self,
+        l: &tl2::Layout,
+        isa: Isa,
+        range: std::ops::Range<usize>,
+        tokens: tl2::Tokens,
+        out: SendPtr,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            // SAFETY: Isa::effective only yields Avx2 when the CPU has it; the rest as above.
+            unsafe { tl2::avx2::rows(self.bytes(), l, range, tokens, self.w_scale, out.0) };
+            return;
+        }
+        let _ = isa;
+        let mut scratch = Vec::new();
+        for r in range {
+            for (t, a) in tokens.acts.iter().enumerate() {
+                let d = tl2::dot(self.bytes(), l, r, &a.q, &mut scratch);
+                *out.0.add(t * self.rows + r) = tl2::finish(d, a, self.w_scale);
+            }
+        }
+    }
+
     /// The id under which a product of `n` tokens on `isa` is counted: format, gemv (one
     /// token) or gemm, and the implementation that runs.
     pub fn kernel_id(&self, n: usize, isa: Isa) -> &'static str {
@@ -267,6 +347,43 @@ impl Weight {
             .find(|k| k.0 == self.ty && k.1 == gemv && k.2 == isa)
             .map_or("unsupported", |k| k.3)
     }
+}
+
+/// A TL2 tensor's scale (the one-element F32 tensor `<name>_scale`) and layout (its tiling
+/// from the file's [`tl2::TILES_KEY`]).
+fn tl2_parts(
+    file: &Gguf,
+    t: &TensorInfo,
+    rows: usize,
+    cols: usize,
+) -> Result<(f32, tl2::Layout), FormatError> {
+    let scale_name = format!("{}_scale", t.name);
+    let scale = match file.tensor(&scale_name) {
+        Some(s) if s.ty == TensorType::F32 && s.size == 4 => {
+            let b = file.tensor_data(s);
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+        _ => return Err(FormatError::MissingScale(scale_name)),
+    };
+    let no_tiling = FormatError::NoTiling {
+        rows,
+        cols,
+        key: tl2::TILES_KEY,
+    };
+    let tiles: Vec<usize> = match file.get_array(tl2::TILES_KEY) {
+        Ok(Some(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as usize)
+            .collect(),
+        _ => return Err(no_tiling),
+    };
+    let tiling = tiles
+        .chunks_exact(4)
+        .find(|c| c[0] == rows && c[1] == cols)
+        .map(|c| tl2::Tiling { bm: c[2], bk: c[3] })
+        .ok_or(no_tiling)?;
+    Ok((scale, tl2::Layout::new(rows, cols, tiling)?))
 }
 
 /// Instruction sets with kernels of their own.
@@ -293,7 +410,10 @@ impl Isa {
     /// The implementation that computes `ty` when `isa` is asked for: `isa` if it has a kernel
     /// for the type and the CPU supports it, otherwise scalar.
     pub fn effective(ty: TensorType, isa: Isa) -> Isa {
-        let has_kernel = matches!(ty, TensorType::I2S | TensorType::F16 | TensorType::F32);
+        let has_kernel = matches!(
+            ty,
+            TensorType::I2S | TensorType::TL2 | TensorType::F16 | TensorType::F32
+        );
         if isa == Isa::Avx2 && has_kernel && Isa::detect() == Isa::Avx2 {
             Isa::Avx2
         } else {
@@ -308,6 +428,10 @@ pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
     (TensorType::I2S, false, Isa::Scalar, "i2s_gemm_scalar"),
     (TensorType::I2S, true, Isa::Avx2, "i2s_gemv_avx2"),
     (TensorType::I2S, false, Isa::Avx2, "i2s_gemm_avx2"),
+    (TensorType::TL2, true, Isa::Scalar, "tl2_gemv_scalar"),
+    (TensorType::TL2, false, Isa::Scalar, "tl2_gemm_scalar"),
+    (TensorType::TL2, true, Isa::Avx2, "tl2_gemv_avx2"),
+    (TensorType::TL2, false, Isa::Avx2, "tl2_gemm_avx2"),
     (TensorType::TQ2_0, true, Isa::Scalar, "tq2_0_gemv_scalar"),
     (TensorType::TQ2_0, false, Isa::Scalar, "tq2_0_gemm_scalar"),
     (TensorType::TQ1_0, true, Isa::Scalar, "tq1_0_gemv_scalar"),

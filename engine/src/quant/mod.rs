@@ -1,6 +1,6 @@
 //! Tensor types, one row each in [`TYPES`] (ggml-style type traits), plus one module per format
 //! that knows its bit layout: [`i2s`] (BitNet.cpp's I2_S), [`tq`] (TQ1_0/TQ2_0), [`float`]
-//! (F32, F16, BF16, Q8_0). [`matmul`] applies any of them to activations.
+//! (F32, F16, BF16, Q8_0), [`tl2`] (BitNet.cpp's lookup-table layout). [`matmul`] applies any of them to activations.
 //!
 //! Ternary formats multiply against int8 activations quantized per token row exactly as the
 //! reference does ([`quantize_row`]); float formats multiply in f32.
@@ -8,6 +8,7 @@
 pub mod float;
 pub mod i2s;
 pub mod matmul;
+pub mod tl2;
 pub mod tq;
 
 /// How the weights of a type take part in a matrix product.
@@ -30,7 +31,7 @@ pub struct TypeTraits {
     /// Elements per block and bytes per block (I2_S: see [`TensorType::tensor_bytes`]).
     pub block_elems: u64,
     pub block_bytes: u64,
-    /// Whether the byte size of a tensor of this type is known (TL1/TL2 depend on a kernel config).
+    /// Whether the byte size of a tensor of this type is known (TL1's depends on a kernel config).
     pub layout_known: bool,
     pub kind: Kind,
 }
@@ -40,6 +41,7 @@ impl TypeTraits {
     pub fn row_multiple(&self) -> u64 {
         match self.ty {
             TensorType::I2S => i2s::BLOCK as u64,
+            TensorType::TL2 => tl2::SUBTILE as u64,
             _ => self.block_elems,
         }
     }
@@ -94,7 +96,7 @@ tensor_types! {
     TQ2_0 = 35, "TQ2_0", 256, 66, true, Ternary;
     I2S = 36, "I2_S", 1, 1, true, Ternary;
     TL1 = 38, "TL1", 1, 1, false, Unsupported;
-    TL2 = 39, "TL2", 1, 1, false, Unsupported;
+    TL2 = 39, "TL2", 1, 1, true, Ternary;
 }
 
 impl TensorType {
@@ -117,22 +119,24 @@ impl TensorType {
     pub fn name(self) -> &'static str {
         self.traits().name
     }
-    /// Byte size of a tensor of `n` elements (`n` a multiple of the row multiple).
-    /// I2_S is the special case ggml's traits get wrong: 2 bits per element, then the f32
-    /// scale, padded to 32 bytes.
-    pub fn tensor_bytes(self, n: u64) -> u64 {
+    /// Byte size of a tensor of `n` elements with rows of `ne0` (a multiple of the row
+    /// multiple). I2_S and TL2 are the special cases ggml's traits get wrong: I2_S is 2 bits
+    /// per element, then the f32 scale, padded to 32 bytes; TL2 see [`tl2::tensor_bytes`].
+    pub fn tensor_bytes(self, ne0: u64, n: u64) -> u64 {
         match self {
             TensorType::I2S => i2s::tensor_bytes(n),
+            TensorType::TL2 => tl2::tensor_bytes(n / ne0, ne0),
             _ => {
                 let t = self.traits();
                 n / t.block_elems * t.block_bytes
             }
         }
     }
-    /// Bytes of one row of `cols` elements (not meaningful for I2_S's trailer).
+    /// Bytes of one row of `cols` elements (not meaningful for I2_S's trailer; TL2 has no
+    /// rows of its own, this is its average).
     pub fn row_bytes(self, cols: usize) -> usize {
         match self {
-            TensorType::I2S => cols / 4,
+            TensorType::I2S | TensorType::TL2 => cols / 4,
             _ => {
                 let t = self.traits();
                 cols / t.block_elems as usize * t.block_bytes as usize
@@ -170,6 +174,22 @@ pub enum FormatError {
     Unsupported(&'static str),
     #[error("ternary value {0} out of range (must be -1, 0 or +1)")]
     NotTernary(i8),
+    #[error("TL2 matrix {rows}x{cols} with tiling BM={bm} BK={bk}: {why}")]
+    BadTiling {
+        rows: usize,
+        cols: usize,
+        bm: usize,
+        bk: usize,
+        why: &'static str,
+    },
+    #[error("TL2 matrix {rows}x{cols}: no tiling recorded for this shape in `{key}`")]
+    NoTiling {
+        rows: usize,
+        cols: usize,
+        key: &'static str,
+    },
+    #[error("TL2 matrix needs its scale, a one-element F32 tensor `{0}`")]
+    MissingScale(String),
 }
 
 /// Checks a weight buffer's size against its declared shape.
@@ -183,7 +203,7 @@ pub fn check_size(ty: TensorType, rows: usize, cols: usize, got: usize) -> Resul
             multiple,
         });
     }
-    let expected = ty.tensor_bytes((rows * cols) as u64) as usize;
+    let expected = ty.tensor_bytes(cols as u64, (rows * cols) as u64) as usize;
     if got != expected {
         return Err(FormatError::WrongSize {
             ty: ty.name(),
@@ -226,6 +246,8 @@ pub fn dequantize_row(
         TensorType::I2S => i2s::dequantize_row(row, i2s::scale(bytes, bytes.len()), out),
         TensorType::TQ2_0 => tq::dequantize_row_tq2(row, out),
         TensorType::TQ1_0 => tq::dequantize_row_tq1(row, out),
+        // Needs its tiling: see `matmul::Weight::dequantize_row`.
+        TensorType::TL2 => return Err(FormatError::Unsupported("TL2 without its tiling")),
         TensorType::F32 | TensorType::F16 | TensorType::BF16 | TensorType::Q8_0 => {
             float::dequantize_row(ty, row, out)
         }
