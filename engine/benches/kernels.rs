@@ -1,5 +1,6 @@
 //! Kernel throughput on one thread: I2_S GEMV (2560x6912 and 6912x2560) and GEMM (4, 16 and 128
-//! tokens), the F16 output projection, TQ2_0 and TQ1_0; scalar against AVX2 through
+//! tokens), TL2 (the same shapes, BitNet.cpp's lookup-table layout), the F16 output
+//! projection, TQ2_0 and TQ1_0; scalar against AVX2 through
 //! `Weight::matmul_isa`. Shapes are written as ggml does, `cols x rows` (inputs x outputs):
 //! 2560x6912 is the 2B-4T FFN gate/up projection, 6912x2560 its down projection.
 //!
@@ -14,9 +15,9 @@
 //! --benches`) each benchmark runs once on small buffers, as a smoke test.
 
 use bitnet::bench::median;
-use bitnet::gguf::{Gguf, GgufWriter};
+use bitnet::gguf::{Gguf, GgufWriter, Value};
 use bitnet::quant::matmul::{Isa, KernelStats, Weight};
-use bitnet::quant::{i2s, tq, TensorType};
+use bitnet::quant::{i2s, tl2, tq, TensorType};
 use bitnet::sample::Rng;
 use criterion::{black_box, Criterion, SamplingMode, Throughput};
 use std::sync::Arc;
@@ -47,13 +48,28 @@ impl Matrix {
         for i in 0..copies {
             w.tensor(&format!("w{i}"), &[cols as u64, rows as u64], ty);
         }
+        // TL2 also needs its tiling and a scale tensor per matrix.
+        if ty == TensorType::TL2 {
+            let t = tl2::Tiling::for_shape(rows, cols).expect("a TL2 shape");
+            w.kv(
+                tl2::TILES_KEY,
+                Value::u32s([rows, cols, t.bm, t.bk].map(|v| v as u32)),
+            );
+            for i in 0..copies {
+                w.tensor(&format!("w{i}_scale"), &[1], TensorType::F32);
+            }
+        }
         let image = w
-            .to_bytes(|_, out| out.write_all(&bytes))
+            .to_bytes(|i, out| match i < copies {
+                true => out.write_all(&bytes),
+                false => out.write_all(&0.02f32.to_le_bytes()),
+            })
             .expect("in-memory GGUF");
         let g = Arc::new(Gguf::from_bytes(image).expect("valid GGUF"));
         let copies = g
             .tensors()
             .iter()
+            .filter(|t| t.ty == ty)
             .map(|t| Weight::new(&g, t).expect("valid weight"))
             .collect();
         Matrix { rows, cols, copies }
@@ -71,6 +87,12 @@ fn ternary(rng: &mut Rng, n: usize) -> Vec<i8> {
 fn i2s_matrix(rng: &mut Rng, rows: usize, cols: usize, bench: bool) -> Matrix {
     let bytes = i2s::pack(&ternary(rng, rows * cols), rows, cols, 0.02).expect("pack");
     Matrix::new(TensorType::I2S, rows, cols, bytes, bench)
+}
+
+fn tl2_matrix(rng: &mut Rng, rows: usize, cols: usize, bench: bool) -> Matrix {
+    let tiling = tl2::Tiling::for_shape(rows, cols).expect("a TL2 shape");
+    let bytes = tl2::pack(&ternary(rng, rows * cols), rows, cols, tiling).expect("pack");
+    Matrix::new(TensorType::TL2, rows, cols, bytes, bench)
 }
 
 fn tq_matrix(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize, bench: bool) -> Matrix {
@@ -217,6 +239,20 @@ fn main() {
         &[("scalar", scalar, 1), ("avx2", avx2, 1)],
     );
     drop(down);
+    for (group, rows, cols) in [("tl2_2560x6912", 6912, 2560), ("tl2_6912x2560", 2560, 6912)] {
+        let m = tl2_matrix(&mut rng, rows, cols, bench_mode);
+        bench(
+            &mut c,
+            &mut log,
+            group,
+            &m,
+            &[
+                ("scalar", scalar, 1),
+                ("avx2", avx2, 1),
+                ("avx2_16tok", avx2, 16),
+            ],
+        );
+    }
     // A slice of the output projection (2B-4T: 128256 rows); 8192 rows are 40 MiB. Then one
     // with short rows (hidden 1024, vocab 32000), where every group of rows starts cold
     // unless prefetched.

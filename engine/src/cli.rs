@@ -137,7 +137,7 @@ pub enum ConvertSource {
         tokenizer: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// i2_s, tq2_0, tq1_0 or f32.
+        /// i2_s, tq2_0, tq1_0, tl2 or f32.
         #[arg(long, default_value = "i2_s")]
         weights: String,
         /// f32 or f16.

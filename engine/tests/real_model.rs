@@ -520,3 +520,31 @@ fn a_prompt_on_two_threads_gives_the_bits_of_one_token_at_a_time() {
         "batched prompt logits differ from token-at-a-time ones"
     );
 }
+
+/// The real model converted to TL2 (shapes BitNet.cpp has no TL2 kernel for) gives the I2_S
+/// model's logits bit for bit: a 64-token prompt in one batch and one token at a time, on 1
+/// and 2 threads.
+#[test]
+fn tl2_model_gives_the_bits_of_the_i2s_model() {
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let mut i2s = Model::load(converted("i2_s", "f32")).unwrap();
+    let mut tl2 = Model::load(converted("tl2", "f32")).unwrap();
+    let tokens: Vec<u32> = (0..64).map(|i| (i * 37 + 5) % 500 + 3).collect();
+    for threads in [1, 2] {
+        i2s.threads = threads;
+        tl2.threads = threads;
+        for mode in [Mode::Batch, Mode::Seq] {
+            let want = bits(teacher_forced_logits(&i2s, &tokens, mode).unwrap());
+            let got = bits(teacher_forced_logits(&tl2, &tokens, mode).unwrap());
+            assert!(
+                got == want,
+                "{mode:?}, {threads} threads: TL2 logits differ"
+            );
+        }
+    }
+    let k = tl2.stats.snapshot();
+    assert!(
+        k.contains_key("tl2_gemm_avx2") || k.contains_key("tl2_gemm_scalar"),
+        "{k:?}"
+    );
+}

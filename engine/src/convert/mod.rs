@@ -8,7 +8,7 @@ pub mod synth;
 
 use crate::gguf::{Gguf, GgufWriter, Value};
 use crate::model::Config;
-use crate::quant::{i2s, tq, FormatError, TensorType};
+use crate::quant::{i2s, tl2, tq, FormatError, TensorType};
 use half::f16;
 use std::io::Write;
 use std::path::Path;
@@ -38,6 +38,7 @@ pub enum WeightFormat {
     I2S,
     TQ2_0,
     TQ1_0,
+    TL2,
     F32,
 }
 
@@ -47,9 +48,10 @@ impl WeightFormat {
             "i2_s" | "i2s" => Ok(Self::I2S),
             "tq2_0" => Ok(Self::TQ2_0),
             "tq1_0" => Ok(Self::TQ1_0),
+            "tl2" => Ok(Self::TL2),
             "f32" => Ok(Self::F32),
             _ => Err(ConvertError::Usage(format!(
-                "unknown weight format {s:?} (i2_s, tq2_0, tq1_0, f32)"
+                "unknown weight format {s:?} (i2_s, tq2_0, tq1_0, tl2, f32)"
             ))),
         }
     }
@@ -58,6 +60,7 @@ impl WeightFormat {
             Self::I2S => TensorType::I2S,
             Self::TQ2_0 => TensorType::TQ2_0,
             Self::TQ1_0 => TensorType::TQ1_0,
+            Self::TL2 => TensorType::TL2,
             Self::F32 => TensorType::F32,
         }
     }
@@ -67,6 +70,7 @@ impl WeightFormat {
             Self::I2S => 40,
             Self::TQ2_0 => 37,
             Self::TQ1_0 => 36,
+            Self::TL2 => 39,
             Self::F32 => 0,
         }
     }
@@ -119,6 +123,13 @@ impl Ternary {
     pub fn encode(&self, fmt: WeightFormat) -> Result<Vec<u8>, ConvertError> {
         Ok(match fmt {
             WeightFormat::I2S => i2s::pack(&self.values, self.rows, self.cols, self.scale)?,
+            // The scale goes in its own tensor (see `BitnetTensors::ternary`).
+            WeightFormat::TL2 => tl2::pack(
+                &self.values,
+                self.rows,
+                self.cols,
+                tl2::Tiling::for_shape(self.rows, self.cols)?,
+            )?,
             WeightFormat::TQ2_0 | WeightFormat::TQ1_0 => {
                 let scales = vec![self.scale; self.values.len() / tq::QK];
                 if !self.cols.is_multiple_of(tq::QK) {
@@ -321,11 +332,37 @@ impl<'a> BitnetTensors<'a> {
         rows: usize,
         cols: usize,
     ) {
+        if fmt != WeightFormat::TL2 {
+            self.tensors.push(TensorSpec {
+                name: name.into(),
+                dims: vec![cols as u64, rows as u64],
+                ty: fmt.tensor_type(),
+                data: Box::new(move || data()?.encode(fmt)),
+            });
+            return;
+        }
+        // TL2 keeps its scale in a one-element tensor `<name>_scale`, written right after the
+        // matrix whose producer reads it.
+        let scale = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = scale.clone();
         self.tensors.push(TensorSpec {
             name: name.into(),
             dims: vec![cols as u64, rows as u64],
-            ty: fmt.tensor_type(),
-            data: Box::new(move || data()?.encode(fmt)),
+            ty: TensorType::TL2,
+            data: Box::new(move || {
+                let t = data()?;
+                seen.set(Some(t.scale));
+                t.encode(fmt)
+            }),
+        });
+        self.tensors.push(TensorSpec {
+            name: format!("{name}_scale"),
+            dims: vec![1],
+            ty: TensorType::F32,
+            data: Box::new(move || {
+                let s = scale.get().expect("the matrix is written before its scale");
+                Ok(s.to_le_bytes().to_vec())
+            }),
         });
     }
 }
@@ -372,6 +409,20 @@ pub fn write_bitnet(
         Value::String(cfg.activation.name().into()),
     );
     vocab.write(&mut w);
+    // Every TL2 shape's tiling, as the reader needs it (the reference keeps it in a
+    // kernel_config.ini beside its build instead).
+    let mut tiles: Vec<u32> = Vec::new();
+    for t in tensors.tensors.iter().filter(|t| t.ty == TensorType::TL2) {
+        let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+        let tiling = tl2::Tiling::for_shape(rows, cols)?;
+        let entry = [rows, cols, tiling.bm, tiling.bk].map(|v| v as u32);
+        if !tiles.chunks_exact(4).any(|c| c == entry) {
+            tiles.extend(entry);
+        }
+    }
+    if !tiles.is_empty() {
+        w.kv(tl2::TILES_KEY, Value::u32s(tiles));
+    }
     for t in &tensors.tensors {
         w.tensor(&t.name, &t.dims, t.ty);
     }

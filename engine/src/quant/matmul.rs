@@ -208,10 +208,10 @@ impl Weight {
         // Rows in chunks, taken dynamically; each output element is written by exactly one
         // task, so the result does not depend on which thread ran it.
         let mut chunk = self.rows.div_ceil(threads * 4).max(8);
-        // TL2 is computed in whole 32-row subtiles, on its tables.
+        // TL2 is computed in whole M-tiles (their weights lie together), on its tables.
         let luts = match &self.tl2 {
             Some(l) => {
-                chunk = chunk.next_multiple_of(tl2::SUBTILE);
+                chunk = chunk.next_multiple_of(l.tiling.bm);
                 input.tl2_luts(l)
             }
             None => std::borrow::Cow::Borrowed(&[][..]),

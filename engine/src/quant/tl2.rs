@@ -306,11 +306,27 @@ pub fn build_luts(q: &[i8], k3: usize, out: &mut Vec<u8>) {
 
 /// The AVX2 lookup-table kernel: for each 32-row subtile and token, `pshufb` looks up the
 /// 16-bit sums of each group in the token's tables (low and high bytes), signs them, and adds
-/// them in 16 bits over one K-tile (at most 32 groups of |sum| <= 384), then in 32 bits.
+/// them in 16 bits over one K-tile (at most 32 groups of |sum| <= 384 per BK = 96; wider
+/// tiles are summed in 16 bits 32 groups at a time), then in 32 bits.
+///
+/// Loops follow the layout: K-tile outer, then the subtiles of a window of up to 8 within one
+/// M-tile, which lie one after another in memory, so the weights stream.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::{Layout, SUBTILE};
+    use super::{Layout, PAIR_TILE, SUBTILE};
     use std::arch::x86_64::*;
+
+    /// How far ahead of the indices being read to prefetch (bytes; the signs, a quarter as
+    /// many, a quarter as far).
+    const AHEAD: usize = 2048;
+
+    /// Subtiles per pass (their 32-bit sums stay in L1).
+    const WINDOW: usize = 8;
+    /// Tokens per pass.
+    const TOKENS: usize = 4;
+    /// Groups summed in 16 bits before widening: a group adds at most 3 * 128 = 384 in
+    /// magnitude, so up to 85 would fit; 32 is one K-tile of BK = 96.
+    const WIDEN_GROUPS: usize = 32;
 
     /// Products of the subtiles in `rows` (32-row aligned) with every token, finished:
     /// `out[t * l.rows + r]`.
@@ -328,33 +344,62 @@ pub mod avx2 {
         w_scale: f32,
         out: *mut f32,
     ) {
-        let (acts, luts, out_rows) = (tokens.acts, tokens.luts, l.rows);
+        let (acts, luts) = (tokens.acts, tokens.luts);
         debug_assert!(rows.start.is_multiple_of(SUBTILE) && rows.end.is_multiple_of(SUBTILE));
         debug_assert_eq!(luts.len(), acts.len() * l.lut_bytes());
-        let lb = l.lut_bytes();
-        for r0 in rows.step_by(SUBTILE) {
-            for (t, a) in acts.iter().enumerate() {
-                let lut = luts.as_ptr().add(t * lb);
-                let d = subtile(w, l, r0, lut);
-                for (i, &d) in d.iter().enumerate() {
-                    *out.add(t * out_rows + r0 + i) = super::finish(d, a, w_scale);
+        let (lb, bm, n) = (l.lut_bytes(), l.tiling.bm, acts.len());
+        let mut r = rows.start;
+        while r < rows.end {
+            let r1 = rows.end.min((r / bm + 1) * bm).min(r + WINDOW * SUBTILE);
+            let subtiles = (r1 - r) / SUBTILE;
+            for t0 in (0..n).step_by(TOKENS) {
+                let tn = TOKENS.min(n - t0);
+                let lut = |j: usize| luts.as_ptr().add((t0 + j) * lb);
+                let mut acc = [[[0i32; SUBTILE]; TOKENS]; WINDOW];
+                for kt in 0..l.k3 / l.tiling.bk {
+                    for (s, acc) in acc.iter_mut().enumerate().take(subtiles) {
+                        for (j, acc) in acc.iter_mut().enumerate().take(tn) {
+                            three_tile(w, l, r + s * SUBTILE, kt, lut(j), acc);
+                        }
+                    }
+                }
+                for kt in 0..(l.cols - l.k3) / PAIR_TILE {
+                    for (s, acc) in acc.iter_mut().enumerate().take(subtiles) {
+                        for (j, acc) in acc.iter_mut().enumerate().take(tn) {
+                            pair_tile(w, l, r + s * SUBTILE, kt, lut(j), acc);
+                        }
+                    }
+                }
+                for (s, acc) in acc.iter().enumerate().take(subtiles) {
+                    for (j, acc) in acc.iter().enumerate().take(tn) {
+                        let (t, a) = (t0 + j, &acts[t0 + j]);
+                        let o = out.add(t * l.rows + r + s * SUBTILE);
+                        for (i, &d) in acc.iter().enumerate() {
+                            *o.add(i) = super::finish(d, a, w_scale);
+                        }
+                    }
                 }
             }
+            r = r1;
         }
     }
 
-    /// Adds four 16-bit sums of rows 0..16 and 16..32 (`c0`, `c1`) into 32-bit `acc`.
+    /// Adds 16-bit sums of rows 0..16 and 16..32 (`c0`, `c1`) into the 32-bit `acc`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn widen(acc: &mut [__m256i; 4], c0: __m256i, c1: __m256i) {
+    unsafe fn widen(acc: &mut [i32; SUBTILE], c0: __m256i, c1: __m256i) {
         let parts = [
             _mm256_castsi256_si128(c0),
             _mm256_extracti128_si256(c0, 1),
             _mm256_castsi256_si128(c1),
             _mm256_extracti128_si256(c1, 1),
         ];
-        for (a, p) in acc.iter_mut().zip(parts) {
-            *a = _mm256_add_epi32(*a, _mm256_cvtepi16_epi32(p));
+        for (i, p) in parts.into_iter().enumerate() {
+            let a = acc.as_mut_ptr().add(i * 8) as *mut __m256i;
+            _mm256_storeu_si256(
+                a,
+                _mm256_add_epi32(_mm256_loadu_si256(a), _mm256_cvtepi16_epi32(p)),
+            );
         }
     }
 
@@ -370,68 +415,82 @@ pub mod avx2 {
         (_mm256_unpacklo_epi8(l, h), _mm256_unpackhi_epi8(l, h))
     }
 
-    /// The exact sums D of the 32 rows of the subtile starting at row `r0` against one token.
+    /// Adds K-tile `kt` of the group region times one token (tables at `lut`) into the sums
+    /// of the subtile starting at row `r0`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn subtile(w: &[u8], l: &Layout, r0: usize, lut: *const u8) -> [i32; SUBTILE] {
+    unsafe fn three_tile(
+        w: &[u8],
+        l: &Layout,
+        r0: usize,
+        kt: usize,
+        lut: *const u8,
+        acc: &mut [i32; SUBTILE],
+    ) {
         let nib = _mm256_set1_epi8(0x0f);
         let one = _mm256_set1_epi16(1);
-        let bk = l.tiling.bk;
-        let mut acc = [_mm256_setzero_si256(); 4];
-        let base = w.as_ptr();
-        let groups_per_tile = bk / 3;
-        for kt in 0..l.k3 / bk {
-            let g0 = kt * groups_per_tile;
-            let idx_unit = base.add(l.index_at(r0, g0).0 & !31);
-            let sign_unit = base.add(l.sign_at(r0, g0).0 & !31);
+        let groups = l.tiling.bk / 3;
+        let g0 = kt * groups;
+        let idx_unit = w.as_ptr().add(l.index_at(r0, g0).0 & !31);
+        let sign_unit = w.as_ptr().add(l.sign_at(r0, g0).0 & !31);
+        for w0 in (0..groups).step_by(WIDEN_GROUPS) {
             let (mut c0, mut c1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for c4 in 0..groups_per_tile / 8 {
-                let signs = _mm256_loadu_si256(sign_unit.add(c4 * 32) as *const __m256i);
+            for c8 in w0 / 8..(w0 + WIDEN_GROUPS).min(groups) / 8 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    sign_unit.wrapping_add(c8 * 32 + AHEAD / 4) as *const i8
+                );
+                let signs = _mm256_loadu_si256(sign_unit.add(c8 * 32) as *const __m256i);
+                // Sign bit 15 - i moved to bit 15; `| 1` keeps `sign` from zeroing a value.
+                let s =
+                    |i: i32| _mm256_or_si256(_mm256_sll_epi16(signs, _mm_cvtsi32_si128(i)), one);
                 for j2 in 0..4 {
-                    let a = _mm256_loadu_si256(idx_unit.add((c4 * 4 + j2) * 32) as *const __m256i);
-                    let top = _mm256_and_si256(_mm256_srli_epi16(a, 4), nib);
-                    let bot = _mm256_and_si256(a, nib);
-                    let g = g0 + c4 * 8 + j2 * 2;
-                    // Sign word bit 15 - i moved to bit 15; `| 1` keeps `sign` from zeroing.
-                    let s = |i: i32| {
-                        _mm256_or_si256(_mm256_sll_epi16(signs, _mm_cvtsi32_si128(i)), one)
-                    };
+                    let at = (c8 * 4 + j2) * 32;
+                    _mm_prefetch::<_MM_HINT_T0>(idx_unit.wrapping_add(at + AHEAD) as *const i8);
+                    let a = _mm256_loadu_si256(idx_unit.add(at) as *const __m256i);
+                    let g = g0 + c8 * 8 + j2 * 2;
                     let i = (j2 * 4) as i32;
+                    let top = _mm256_and_si256(_mm256_srli_epi16(a, 4), nib);
                     let (x0, x1) = look_up(lut.add(g * 32), top);
                     c0 = _mm256_add_epi16(c0, _mm256_sign_epi16(x0, s(i)));
                     c1 = _mm256_add_epi16(c1, _mm256_sign_epi16(x1, s(i + 1)));
-                    let (x0, x1) = look_up(lut.add((g + 1) * 32), bot);
+                    let (x0, x1) = look_up(lut.add((g + 1) * 32), _mm256_and_si256(a, nib));
                     c0 = _mm256_add_epi16(c0, _mm256_sign_epi16(x0, s(i + 2)));
                     c1 = _mm256_add_epi16(c1, _mm256_sign_epi16(x1, s(i + 3)));
                 }
             }
-            widen(&mut acc, c0, c1);
+            widen(acc, c0, c1);
         }
+    }
+
+    /// Adds K-tile `kt` of the pair region (32 columns) times one token into the sums of the
+    /// subtile starting at row `r0`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pair_tile(
+        w: &[u8],
+        l: &Layout,
+        r0: usize,
+        kt: usize,
+        lut: *const u8,
+        acc: &mut [i32; SUBTILE],
+    ) {
+        let nib = _mm256_set1_epi8(0x0f);
         let pair_lut = lut.add(l.k3 / 3 * 32);
-        for kt in 0..(l.cols - l.k3) / super::PAIR_TILE {
-            let p0 = kt * super::PAIR_TILE / 2;
-            let unit = base.add(l.pair_at(r0, p0).0 & !31);
-            let (mut c0, mut c1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for u in 0..super::PAIR_TILE / 4 {
-                let a = _mm256_loadu_si256(unit.add(u * 32) as *const __m256i);
-                let p = p0 + u * 2;
-                let (x0, x1) = look_up(
-                    pair_lut.add(p * 32),
-                    _mm256_and_si256(_mm256_srli_epi16(a, 4), nib),
-                );
-                c0 = _mm256_add_epi16(c0, x0);
-                c1 = _mm256_add_epi16(c1, x1);
-                let (x0, x1) = look_up(pair_lut.add((p + 1) * 32), _mm256_and_si256(a, nib));
-                c0 = _mm256_add_epi16(c0, x0);
-                c1 = _mm256_add_epi16(c1, x1);
-            }
-            widen(&mut acc, c0, c1);
+        let p0 = kt * PAIR_TILE / 2;
+        let unit = w.as_ptr().add(l.pair_at(r0, p0).0 & !31);
+        let (mut c0, mut c1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for u in 0..PAIR_TILE / 4 {
+            let a = _mm256_loadu_si256(unit.add(u * 32) as *const __m256i);
+            let p = p0 + u * 2;
+            let top = _mm256_and_si256(_mm256_srli_epi16(a, 4), nib);
+            let (x0, x1) = look_up(pair_lut.add(p * 32), top);
+            c0 = _mm256_add_epi16(c0, x0);
+            c1 = _mm256_add_epi16(c1, x1);
+            let (x0, x1) = look_up(pair_lut.add((p + 1) * 32), _mm256_and_si256(a, nib));
+            c0 = _mm256_add_epi16(c0, x0);
+            c1 = _mm256_add_epi16(c1, x1);
         }
-        let mut d = [0i32; SUBTILE];
-        for (i, a) in acc.iter().enumerate() {
-            _mm256_storeu_si256(d.as_mut_ptr().add(i * 8) as *mut __m256i, *a);
-        }
-        d
+        widen(acc, c0, c1);
     }
 }
 
