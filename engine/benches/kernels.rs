@@ -278,7 +278,13 @@ fn main() {
         ("tq1_0_gemv_2560x6912", TensorType::TQ1_0),
     ] {
         let m = tq_matrix(&mut rng, ty, 6912, 2560, bench_mode);
-        bench(&mut c, &mut log, group, &m, &[("scalar", scalar, 1)]);
+        bench(
+            &mut c,
+            &mut log,
+            group,
+            &m,
+            &[("scalar", scalar, 1), ("avx2", avx2, 1)],
+        );
     }
     c.final_summary();
 

@@ -203,26 +203,32 @@ proptest! {
         let v = &vals[..cols];
         let x = &x.iter().cycle().take(cols).copied().collect::<Vec<_>>();
         let (q, s, _) = naive_quant(x);
-        let scales = vec![d; blocks];
-        let d16 = half::f16::from_f32(d).to_f32();
+        // A different scale per block, so the order of the block sums matters.
+        let scales: Vec<f32> = (0..blocks).map(|b| d * (1.0 + b as f32 / 3.0)).collect();
+        let d16: Vec<f32> = scales.iter().map(|&d| half::f16::from_f32(d).to_f32()).collect();
         for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
             let packed = if ty == TensorType::TQ2_0 { tq::pack_tq2(v, &scales) } else { tq::pack_tq1(v, &scales) }.unwrap();
             prop_assert_eq!(packed.len() as u64, ty.tensor_bytes(cols as u64, cols as u64));
             let deq = bitnet::quant::dequantize(ty, &packed, 1, cols).unwrap();
             for (j, (&got, &want)) in deq.iter().zip(v).enumerate() {
-                prop_assert_eq!(got, want as f32 * d16, "{} element {}", ty, j);
+                prop_assert_eq!(got, want as f32 * d16[j / 256], "{} element {}", ty, j);
             }
             // Block-wise formula: sum_b d_b * sum_j (w_j * q_j), then / s.
             let mut acc = 0f32;
             for b in 0..blocks {
                 let dot: i32 = (b * 256..(b + 1) * 256).map(|j| v[j] as i32 * q[j]).sum();
-                acc += d16 * dot as f32;
+                acc += d16[b] * dot as f32;
             }
             let want = acc / s;
             let w = weight(ty, 1, cols, packed);
-            let mut got = [0f32];
-            w.matmul(x, 1, &mut got, 1, &KernelStats::default());
-            prop_assert_eq!(got[0].to_bits(), want.to_bits(), "{}: {} vs {}", ty, got[0], want);
+            // The scalar reference and the fastest kernel this CPU has must both be bit-exact.
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut got = [0f32];
+                let stats = KernelStats::default();
+                w.matmul_isa(isa, x, 1, &mut got, 1, &stats);
+                prop_assert_eq!(got[0].to_bits(), want.to_bits(), "{} {:?}: {} vs {}", ty, isa, got[0], want);
+                prop_assert!(stats.snapshot().contains_key(w.kernel_id(1, isa)));
+            }
         }
     }
 }

@@ -297,6 +297,10 @@ impl Weight {
                     (TensorType::I2S, _) => {
                         i2s::finish(i2s::dot_codes(row, &acts[t].q), &acts[t], self.w_scale)
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    (TensorType::TQ2_0, Isa::Avx2) => unsafe { tq::avx2::dot_tq2(row, &acts[t]) },
+                    #[cfg(target_arch = "x86_64")]
+                    (TensorType::TQ1_0, Isa::Avx2) => unsafe { tq::avx2::dot_tq1(row, &acts[t]) },
                     (TensorType::TQ2_0, _) => tq::dot_tq2(row, &acts[t]),
                     (TensorType::TQ1_0, _) => tq::dot_tq1(row, &acts[t]),
                     (ty, _) => {
@@ -412,7 +416,12 @@ impl Isa {
     pub fn effective(ty: TensorType, isa: Isa) -> Isa {
         let has_kernel = matches!(
             ty,
-            TensorType::I2S | TensorType::TL2 | TensorType::F16 | TensorType::F32
+            TensorType::I2S
+                | TensorType::TL2
+                | TensorType::TQ2_0
+                | TensorType::TQ1_0
+                | TensorType::F16
+                | TensorType::F32
         );
         if isa == Isa::Avx2 && has_kernel && Isa::detect() == Isa::Avx2 {
             Isa::Avx2
@@ -434,8 +443,12 @@ pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
     (TensorType::TL2, false, Isa::Avx2, "tl2_gemm_avx2"),
     (TensorType::TQ2_0, true, Isa::Scalar, "tq2_0_gemv_scalar"),
     (TensorType::TQ2_0, false, Isa::Scalar, "tq2_0_gemm_scalar"),
+    (TensorType::TQ2_0, true, Isa::Avx2, "tq2_0_gemv_avx2"),
+    (TensorType::TQ2_0, false, Isa::Avx2, "tq2_0_gemm_avx2"),
     (TensorType::TQ1_0, true, Isa::Scalar, "tq1_0_gemv_scalar"),
     (TensorType::TQ1_0, false, Isa::Scalar, "tq1_0_gemm_scalar"),
+    (TensorType::TQ1_0, true, Isa::Avx2, "tq1_0_gemv_avx2"),
+    (TensorType::TQ1_0, false, Isa::Avx2, "tq1_0_gemm_avx2"),
     (TensorType::F32, true, Isa::Scalar, "f32_gemv_scalar"),
     (TensorType::F32, false, Isa::Scalar, "f32_gemm_scalar"),
     (TensorType::F32, true, Isa::Avx2, "f32_gemv_avx2"),

@@ -169,3 +169,138 @@ pub fn dot_tq2(row: &[u8], act: &QuantRow) -> f32 {
 pub fn dot_tq1(row: &[u8], act: &QuantRow) -> f32 {
     dot(row, TQ1_BYTES, block_codes_tq1, act)
 }
+
+/// AVX2 versions of [`dot_tq2`] and [`dot_tq1`] with the same bits: each block's integer
+/// sum D_b - S_b is exact (`maddubs` of codes 0..=2, minus `maddubs` of ones, against int8), and
+/// the f32 accumulation over blocks runs in the same order with the same operations.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{block_scale, QuantRow, QK, TQ1_BYTES, TQ2_BYTES};
+    use std::arch::x86_64::*;
+
+    /// Sum over one block of (code - 1) * q for eight vectors of 32 codes (0..=2) against the
+    /// block's 256 activations at `q`, in the order of the activations.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block_sum(codes: [__m256i; 8], q: *const i8) -> i32 {
+        let ones8 = _mm256_set1_epi8(1);
+        let mut acc = _mm256_setzero_si256();
+        for (k, c) in codes.into_iter().enumerate() {
+            let x = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+            // Each 16-bit lane: at most 2 * 2 * 128 per product pair, 8 pairs: no overflow.
+            let d = _mm256_sub_epi16(_mm256_maddubs_epi16(c, x), _mm256_maddubs_epi16(ones8, x));
+            acc = _mm256_add_epi16(acc, d);
+        }
+        let acc = _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256(acc, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// The codes of a TQ2_0 block as eight vectors, in activation order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes_tq2(blk: *const u8) -> [__m256i; 8] {
+        let m = _mm256_set1_epi8(3);
+        let h0 = _mm256_loadu_si256(blk as *const __m256i);
+        let h1 = _mm256_loadu_si256(blk.add(32) as *const __m256i);
+        let c =
+            |h: __m256i, l: i32| _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * l)), m);
+        [
+            c(h0, 0),
+            c(h0, 1),
+            c(h0, 2),
+            c(h0, 3),
+            c(h1, 0),
+            c(h1, 1),
+            c(h1, 2),
+            c(h1, 3),
+        ]
+    }
+
+    /// Bytes times 3, modulo 256 (so repeated, times 3^n: the next base-3 digit moves up).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn times3(x: __m256i) -> __m256i {
+        _mm256_add_epi8(x, _mm256_add_epi8(x, x))
+    }
+
+    /// The leading base-3 digit of each byte: (x * 3) >> 8, which is (x > 85) + (x > 170).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn lead_digit(x: __m256i) -> __m256i {
+        let one = _mm256_set1_epi8(1);
+        let over = |t: i8| _mm256_min_epu8(_mm256_subs_epu8(x, _mm256_set1_epi8(t)), one);
+        _mm256_add_epi8(over(85), over(170u8 as i8))
+    }
+
+    /// The codes of a TQ1_0 block as eight vectors, in activation order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes_tq1(blk: *const u8) -> [__m256i; 8] {
+        // Bytes 0..32: digit n is element n * 32 + m.
+        let mut x = _mm256_loadu_si256(blk as *const __m256i);
+        let mut c = [_mm256_setzero_si256(); 8];
+        for (n, c) in c.iter_mut().take(5).enumerate() {
+            if n > 0 {
+                x = times3(x);
+            }
+            *c = lead_digit(x);
+        }
+        // Bytes 32..48: digit n is element 160 + n * 16 + m; two digits per vector.
+        let b = _mm_loadu_si128(blk.add(32) as *const __m128i);
+        let b3 = _mm_add_epi8(b, _mm_add_epi8(b, b));
+        let mut y = _mm256_set_m128i(b3, b);
+        c[5] = lead_digit(y);
+        y = times3(times3(y));
+        c[6] = lead_digit(y);
+        y = times3(times3(y));
+        // Bytes 48..52: digit n of byte j is element 240 + n * 4 + j; four digits.
+        let qh = _mm_set1_epi32((blk.add(48) as *const i32).read_unaligned());
+        let qh3 = _mm_add_epi8(qh, _mm_add_epi8(qh, qh));
+        let qh9 = _mm_add_epi8(qh3, _mm_add_epi8(qh3, qh3));
+        let qh27 = _mm_add_epi8(qh9, _mm_add_epi8(qh9, qh9));
+        let tail = _mm_blend_epi32::<0b1100>(
+            _mm_blend_epi32::<0b0010>(qh, qh3),
+            _mm_blend_epi32::<0b1000>(qh9, qh27),
+        );
+        c[7] = lead_digit(_mm256_set_m128i(tail, _mm256_castsi256_si128(y)));
+        c
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot(
+        row: &[u8],
+        bytes: usize,
+        codes: unsafe fn(*const u8) -> [__m256i; 8],
+        act: &QuantRow,
+    ) -> f32 {
+        let mut acc = 0f32;
+        for (b, blk) in row.chunks_exact(bytes).enumerate() {
+            let d = block_sum(codes(blk.as_ptr()), act.q.as_ptr().add(b * QK));
+            acc += block_scale(blk) * d as f32;
+        }
+        acc / act.scale
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `row` is whole TQ2_0 blocks and `act.q` as long as they hold.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_tq2(row: &[u8], act: &QuantRow) -> f32 {
+        debug_assert_eq!(row.len() / TQ2_BYTES * QK, act.q.len());
+        dot(row, TQ2_BYTES, codes_tq2, act)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `row` is whole TQ1_0 blocks and `act.q` as long as they hold.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_tq1(row: &[u8], act: &QuantRow) -> f32 {
+        debug_assert_eq!(row.len() / TQ1_BYTES * QK, act.q.len());
+        dot(row, TQ1_BYTES, codes_tq1, act)
+    }
+}
