@@ -215,9 +215,9 @@ proptest! {
             }
             // Block-wise formula: sum_b d_b * sum_j (w_j * q_j), then / s.
             let mut acc = 0f32;
-            for b in 0..blocks {
+            for (b, d) in d16.iter().enumerate() {
                 let dot: i32 = (b * 256..(b + 1) * 256).map(|j| v[j] as i32 * q[j]).sum();
-                acc += d16[b] * dot as f32;
+                acc += d * dot as f32;
             }
             let want = acc / s;
             let w = weight(ty, 1, cols, packed);
