@@ -289,12 +289,14 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
 /// One run of our engine from an empty cache: prefill time, generation time, the state.
 fn ours_run(model: &Model, tokens: &[u32], prefill: usize) -> Result<(Duration, Duration, State)> {
     let mut state = State::new(&model.config);
+    state.reserve(tokens.len());
+    let mut logits = Vec::new();
     let t0 = Instant::now();
-    model.forward(&mut state, &tokens[..prefill], false)?;
+    model.forward_into(&mut state, &tokens[..prefill], false, &mut logits)?;
     let p = t0.elapsed();
     let t0 = Instant::now();
     for &tok in &tokens[prefill..] {
-        model.forward(&mut state, &[tok], false)?;
+        model.forward_into(&mut state, &[tok], false, &mut logits)?;
     }
     Ok((p, t0.elapsed(), state))
 }

@@ -199,10 +199,13 @@ pub fn generate(
     }
     let ctx = model.config.context_length;
     let mut state = State::new(&model.config);
+    // Room for the whole generation up front: the decode steps then allocate nothing.
+    state.reserve(ctx.min(prompt.len().saturating_add(opts.max_tokens)));
     let mut dec = Decoder::new(prompt, opts);
     let mut text = String::new();
     let t0 = Instant::now();
-    let mut logits = model.forward(&mut state, prompt, false)?;
+    let mut logits = Vec::new();
+    model.forward_into(&mut state, prompt, false, &mut logits)?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
     let mut decode_steps = 0;
@@ -214,7 +217,7 @@ pub fn generate(
             Next::Done(stop) => break stop,
             Next::Token(_) if !keep_going => break StopReason::Cancelled,
             Next::Token(t) => {
-                logits = model.forward(&mut state, &[t], false)?;
+                model.forward_into(&mut state, &[t], false, &mut logits)?;
                 decode_steps += 1;
             }
         }

@@ -14,10 +14,11 @@
 use crate::attention;
 use crate::gguf::{Gguf, GgufError};
 use crate::pool::SendPtr;
-use crate::quant::matmul::{Input, Isa, KernelStats, Weight};
+use crate::quant::matmul::{Input, InputBuffers, Isa, KernelStats, Weight};
 use crate::quant::FormatError;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -244,6 +245,35 @@ pub struct Model {
     pub tied_output: bool,
     pub threads: usize,
     pub stats: KernelStats,
+    /// The forward pass's buffers, kept between calls.
+    work: Mutex<Workspace>,
+}
+
+/// Every buffer of a forward pass, kept so that a decode step allocates nothing once they have
+/// grown to size (a prompt spread over threads still gives each task its own scores).
+#[derive(Default)]
+struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att_out: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    logits: Vec<f32>,
+    scores: Vec<f32>,
+    rows: Vec<(usize, usize)>,
+    wanted: Vec<usize>,
+    input: InputBuffers,
+}
+
+/// `v` as `n` zeros, reusing its allocation.
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
 }
 
 impl Model {
@@ -307,6 +337,7 @@ impl Model {
             tied_output,
             threads: crate::env::get().threads,
             stats: KernelStats::default(),
+            work: Mutex::default(),
             file,
         })
     }
@@ -323,12 +354,27 @@ impl Model {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::new();
+        self.forward_into(state, tokens, all_logits, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Model::forward`] into `out` (cleared first): with a state that has
+    /// [`State::reserve`]d its positions, a decode step allocates nothing.
+    pub fn forward_into(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        all_logits: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        out.clear();
         let mut seqs = [Seq {
             state,
             tokens,
             all_logits,
         }];
-        Ok(self.forward_batch(&mut seqs)?.pop().unwrap_or_default())
+        self.forward_each(&mut seqs, &mut |_, logits| out.extend_from_slice(logits))
     }
 
     /// The forward pass. Evaluates several sequences in one pass: their tokens are stacked
@@ -341,6 +387,17 @@ impl Model {
     /// (nothing for a sequence with no tokens). Nothing is evaluated if any sequence is
     /// invalid.
     pub fn forward_batch(&self, seqs: &mut [Seq<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = vec![Vec::new(); seqs.len()];
+        self.forward_each(seqs, &mut |i, logits| out[i].extend_from_slice(logits))?;
+        Ok(out)
+    }
+
+    /// The forward pass itself: hands each wanted logits row to `emit(sequence, row)`, in order.
+    fn forward_each(
+        &self,
+        seqs: &mut [Seq<'_>],
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
         let c = &self.config;
         for s in seqs.iter() {
             let n = s.tokens.len();
@@ -358,16 +415,40 @@ impl Model {
                 });
             }
         }
+        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        let Workspace {
+            x,
+            h,
+            q,
+            k,
+            v,
+            att_out,
+            o,
+            gate,
+            up,
+            logits,
+            scores,
+            rows,
+            wanted,
+            input: buffers,
+        } = &mut *work;
         // Row r of every activation matrix is token `rows[r].1` of sequence `rows[r].0`.
-        let rows: Vec<(usize, usize)> = seqs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| (0..s.tokens.len()).map(move |t| (i, t)))
-            .collect();
+        rows.clear();
+        for (i, s) in seqs.iter().enumerate() {
+            rows.extend((0..s.tokens.len()).map(|t| (i, t)));
+        }
+        let rows = &rows[..];
         let n = rows.len();
         if n == 0 {
-            return Ok(vec![Vec::new(); seqs.len()]);
+            return Ok(());
         }
+        // Attention scores for as many positions as any sequence has reserved (or uses).
+        let positions = seqs
+            .iter()
+            .map(|s| s.state.reserved.max(s.state.pos + s.tokens.len()))
+            .max()
+            .unwrap_or(0);
+        scores.reserve(positions.saturating_sub(scores.len()));
         let (dim, ff, q_dim, kv_dim, hd) = (c.dim, c.hidden_dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let (th, st) = (self.threads, &self.stats);
         let isa = Isa::detect();
@@ -379,28 +460,36 @@ impl Model {
         }
 
         // Residual stream, one row per token.
-        let mut x = vec![0f32; n * dim];
+        let x = zeroed(x, n * dim);
         for (r, &(i, t)) in rows.iter().enumerate() {
             let tok = seqs[i].tokens[t] as usize;
             self.token_embd
                 .dequantize_row(tok, &mut x[r * dim..(r + 1) * dim]);
         }
-        let mut h = vec![0f32; n * dim];
-        let mut q = vec![0f32; n * q_dim];
-        let mut k = vec![0f32; n * kv_dim];
-        let mut v = vec![0f32; n * kv_dim];
-        let mut att_out = vec![0f32; n * q_dim];
-        let mut o = vec![0f32; n * dim];
-        let mut gate = vec![0f32; n * ff];
-        let mut up = vec![0f32; n * ff];
+        let h = zeroed(h, n * dim);
+        let q = zeroed(q, n * q_dim);
+        let k = zeroed(k, n * kv_dim);
+        let v = zeroed(v, n * kv_dim);
+        let att_out = zeroed(att_out, n * q_dim);
+        let o = zeroed(o, n * dim);
+        let gate = zeroed(gate, n * ff);
+        let up = zeroed(up, n * ff);
+        // Products that share an input quantize it once, into the kept buffers.
+        let mut products = |x: &[f32], outs: &mut [(&Weight, &mut [f32])]| {
+            let input = Input::reusing(x, n, std::mem::take(buffers));
+            for (w, out) in outs.iter_mut() {
+                w.matmul_input(isa, &input, out, th, st);
+            }
+            *buffers = input.into_buffers();
+        };
 
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block.
-            rmsnorm_rows(&mut h, &x, &w.attn_norm, c.norm_eps);
-            let input = Input::new(&h, n);
-            w.wq.matmul_input(isa, &input, &mut q, th, st);
-            w.wk.matmul_input(isa, &input, &mut k, th, st);
-            w.wv.matmul_input(isa, &input, &mut v, th, st);
+            rmsnorm_rows(h, x, &w.attn_norm, c.norm_eps);
+            products(
+                h,
+                &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
+            );
             for (r, &(i, t)) in rows.iter().enumerate() {
                 let state = &mut *seqs[i].state;
                 let pos = state.pos + t;
@@ -445,36 +534,32 @@ impl Model {
                     }
                 });
             } else {
-                let mut scores = Vec::new();
                 for (r, o) in att_out.chunks_exact_mut(q_dim).enumerate() {
-                    attend(r, &mut scores, o);
+                    attend(r, scores, o);
                 }
             }
-            let sub = &mut q; // reuse: normalised attention output
-            rmsnorm_rows(sub, &att_out, &w.attn_sub_norm, c.norm_eps);
-            w.wo.matmul(sub, n, &mut o, th, st);
-            add_into(&mut x, &o);
+            let sub = &mut *q; // reuse: normalised attention output
+            rmsnorm_rows(sub, att_out, &w.attn_sub_norm, c.norm_eps);
+            products(sub, &mut [(&w.wo, &mut *o)]);
+            add_into(x, o);
 
             // Feed-forward block.
-            rmsnorm_rows(&mut h, &x, &w.ffn_norm, c.norm_eps);
-            let input = Input::new(&h, n);
-            w.w_gate.matmul_input(isa, &input, &mut gate, th, st);
-            w.w_up.matmul_input(isa, &input, &mut up, th, st);
-            for (g, u) in gate.iter_mut().zip(&up) {
+            rmsnorm_rows(h, x, &w.ffn_norm, c.norm_eps);
+            products(h, &mut [(&w.w_gate, &mut *gate), (&w.w_up, &mut *up)]);
+            for (g, u) in gate.iter_mut().zip(up.iter()) {
                 *g = c.activation.apply(*g) * u;
             }
-            rmsnorm_rows(&mut up, &gate, &w.ffn_sub_norm, c.norm_eps);
-            w.w_down.matmul(&up, n, &mut o, th, st);
-            add_into(&mut x, &o);
+            rmsnorm_rows(up, gate, &w.ffn_sub_norm, c.norm_eps);
+            products(up, &mut [(&w.w_down, &mut *o)]);
+            add_into(x, o);
         }
 
         // Output: only the rows whose logits are wanted, in one product.
-        let wanted: Vec<usize> = (0..n)
-            .filter(|&r| {
-                let (i, t) = rows[r];
-                seqs[i].all_logits || t + 1 == seqs[i].tokens.len()
-            })
-            .collect();
+        wanted.clear();
+        wanted.extend((0..n).filter(|&r| {
+            let (i, t) = rows[r];
+            seqs[i].all_logits || t + 1 == seqs[i].tokens.len()
+        }));
         let m = wanted.len();
         for (j, &r) in wanted.iter().enumerate() {
             rmsnorm_rows(
@@ -485,16 +570,17 @@ impl Model {
             );
         }
         let vocab = c.vocab_size;
-        let mut logits = vec![0f32; m * vocab];
-        self.output.matmul(&h[..m * dim], m, &mut logits, th, st);
-        let mut out = vec![Vec::new(); seqs.len()];
+        let logits = zeroed(logits, m * vocab);
+        let input = Input::reusing(&h[..m * dim], m, std::mem::take(buffers));
+        self.output.matmul_input(isa, &input, logits, th, st);
+        *buffers = input.into_buffers();
         for (j, &r) in wanted.iter().enumerate() {
-            out[rows[r].0].extend_from_slice(&logits[j * vocab..(j + 1) * vocab]);
+            emit(rows[r].0, &logits[j * vocab..(j + 1) * vocab]);
         }
         for s in seqs.iter_mut() {
             s.state.pos += s.tokens.len();
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -618,6 +704,8 @@ pub struct State {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     rope: RopeTable,
+    /// Positions made room for by [`State::reserve`].
+    reserved: usize,
 }
 
 impl State {
@@ -631,6 +719,7 @@ impl State {
             keys: vec![Vec::new(); c.n_layers],
             values: vec![Vec::new(); c.n_layers],
             rope: RopeTable::new(c),
+            reserved: 0,
         }
     }
 
@@ -641,6 +730,19 @@ impl State {
             .chain(&self.values)
             .map(|b| std::mem::size_of_val(b.as_slice()))
             .sum()
+    }
+
+    /// Makes room for `positions` positions in all (the KV cache and the RoPE table), so that
+    /// steps up to there allocate nothing. The caller bounds it (by the context length).
+    pub fn reserve(&mut self, positions: usize) {
+        let end = positions * self.kv_dim;
+        for b in self.keys.iter_mut().chain(&mut self.values) {
+            b.reserve(end.saturating_sub(b.len()));
+        }
+        if positions > 0 {
+            self.rope.ensure(positions - 1);
+        }
+        self.reserved = self.reserved.max(positions);
     }
 
     /// Forgets everything after position `pos` (e.g. to reuse a shared prompt prefix).

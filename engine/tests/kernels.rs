@@ -438,3 +438,52 @@ proptest! {
         check_tl2(&values, rows, cols, tiling, &x, n);
     }
 }
+
+/// A TL2 tensor whose file records no tiling for its shape, or a tiling that cannot hold it,
+/// is a typed error naming what is missing.
+#[test]
+fn tl2_without_a_usable_tiling_is_a_typed_error() {
+    use bitnet::quant::FormatError;
+    let (rows, cols) = (64, 288);
+    let packed = tl2::pack(
+        &vec![1i8; rows * cols],
+        rows,
+        cols,
+        tl2::Tiling { bm: 64, bk: 96 },
+    )
+    .unwrap();
+    for tiles in [None, Some([rows, cols, 48, 96]), Some([32, cols, 32, 96])] {
+        let mut w = GgufWriter::new();
+        if let Some(t) = tiles {
+            w.kv(tl2::TILES_KEY, Value::u32s(t.map(|v| v as u32)));
+        }
+        w.tensor("w", &[cols as u64, rows as u64], TensorType::TL2);
+        w.tensor("w_scale", &[1], TensorType::F32);
+        let file = w
+            .to_bytes(|i, out| match i {
+                0 => out.write_all(&packed),
+                _ => out.write_all(&1f32.to_le_bytes()),
+            })
+            .unwrap();
+        let g = Arc::new(Gguf::from_bytes(file).unwrap());
+        let t = g.tensor("w").unwrap().clone();
+        let err = Weight::new(&g, &t).unwrap_err();
+        match tiles {
+            Some([_, _, 48, _]) => assert!(
+                matches!(err, FormatError::BadTiling { bm: 48, .. }),
+                "{err}"
+            ),
+            _ => assert!(
+                matches!(
+                    err,
+                    FormatError::NoTiling {
+                        rows: 64,
+                        cols: 288,
+                        ..
+                    }
+                ),
+                "{err}"
+            ),
+        }
+    }
+}

@@ -227,7 +227,20 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Check)> {
         |e| matches!(e, Error::Gguf(GgufError::UnknownTensorType { ty: 77, .. })),
     ));
     c.push((
-        "TL2 tensor (recognised, not supported yet)",
+        "TL1 tensor (recognised, not supported)",
+        with(&|b| {
+            let (ty, _) = tensor_info(b, "blk.0.attn_q.weight");
+            put_u32(b, ty, 38)
+        }),
+        |e| {
+            matches!(
+                e,
+                Error::Gguf(GgufError::UnsupportedTensorType { ty: "TL1", .. })
+            )
+        },
+    ));
+    c.push((
+        "TL2 tensor without its scale tensor",
         with(&|b| {
             let (ty, _) = tensor_info(b, "blk.0.attn_q.weight");
             put_u32(b, ty, 39)
@@ -235,7 +248,10 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Check)> {
         |e| {
             matches!(
                 e,
-                Error::Gguf(GgufError::UnsupportedTensorType { ty: "TL2", .. })
+                Error::Model(bitnet::model::ModelError::TensorFormat {
+                    source: bitnet::quant::FormatError::MissingScale(_),
+                    ..
+                })
             )
         },
     ));

@@ -581,24 +581,42 @@ fn slow_start_is_live_but_not_ready() {
 #[test]
 fn sigterm_drains_in_flight_streams_and_exits_zero() {
     let mut s = serve(&[]);
-    let b = json!({"prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": true, "stream": true, "temperature": 0}).to_string();
+    let b = json!({"prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": true, "stream": true, "temperature": 0}).to_string();
+    // The real model streams thousands of tokens a second: signal as soon as every stream has
+    // its first event, rather than sleeping a fixed time that a fast machine outruns.
+    let (started, first_bytes) = std::sync::mpsc::channel();
     let streams: Vec<_> = (0..3)
         .map(|_| {
             let addr = s.addr.clone();
             let b = b.clone();
+            let started = started.clone();
             std::thread::spawn(move || {
                 let mut c = TcpStream::connect(addr).unwrap();
                 write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
                 let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&raw).contains("data:") {
+                    match c.read(&mut buf).unwrap() {
+                        0 => break,
+                        k => raw.extend_from_slice(&buf[..k]),
+                    }
+                }
+                started.send(()).unwrap();
                 c.read_to_end(&mut raw).unwrap();
                 parse_reply(&raw)
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        first_bytes.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(100));
+    // Readiness flips as soon as the signal is handled.
+    let t0 = std::time::Instant::now();
+    while !s.get("/health/ready").1.contains("draining") && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let (code, body) = s.get("/health/ready");
     assert_eq!((code, body.contains("draining")), (503, true), "{body}");
     assert_eq!(s.get("/health/live").0, 200, "live while draining");

@@ -99,6 +99,7 @@ fn family(tensor_type: &str) -> Option<&'static str> {
         "I2_S" => "i2s",
         "TQ2_0" => "tq2_0",
         "TQ1_0" => "tq1_0",
+        "TL2" => "tl2",
         "F32" => "f32",
         "F16" => "f16",
         "BF16" => "bf16",

@@ -20,16 +20,44 @@ pub struct Input<'a> {
     quantized: std::cell::OnceCell<Vec<QuantRow>>,
     /// TL2 lookup tables of every row, and the K3 they were built for.
     tl2_luts: std::cell::OnceCell<(usize, Vec<u8>)>,
+    /// Buffers to quantize into (taken by the first use).
+    spare: std::cell::Cell<Option<InputBuffers>>,
+}
+
+/// The allocations of an [`Input`], kept between inputs.
+#[derive(Default)]
+pub struct InputBuffers {
+    rows: Vec<QuantRow>,
+    luts: Vec<u8>,
 }
 
 impl<'a> Input<'a> {
     pub fn new(x: &'a [f32], n: usize) -> Self {
+        Self::reusing(x, n, InputBuffers::default())
+    }
+
+    /// An input that quantizes into buffers kept from an earlier one ([`Input::into_buffers`]),
+    /// so a decode step allocates nothing once they have grown to size.
+    pub fn reusing(x: &'a [f32], n: usize, buffers: InputBuffers) -> Self {
         Input {
             x,
             n,
             quantized: std::cell::OnceCell::new(),
             tl2_luts: std::cell::OnceCell::new(),
+            spare: std::cell::Cell::new(Some(buffers)),
         }
+    }
+
+    /// The buffers back, for the next input.
+    pub fn into_buffers(self) -> InputBuffers {
+        let mut b = self.spare.take().unwrap_or_default();
+        if let Some(rows) = self.quantized.into_inner() {
+            b.rows = rows;
+        }
+        if let Some((_, luts)) = self.tl2_luts.into_inner() {
+            b.luts = luts;
+        }
+        b
     }
 
     /// The TL2 lookup tables of every row for a layout: made once and shared by the weights
@@ -37,7 +65,10 @@ impl<'a> Input<'a> {
     fn tl2_luts(&self, l: &tl2::Layout) -> std::borrow::Cow<'_, [u8]> {
         let build = || {
             let acts = self.quantized(l.cols);
-            let mut luts = Vec::with_capacity(acts.len() * l.lut_bytes());
+            let mut spare = self.spare.take().unwrap_or_default();
+            let mut luts = std::mem::take(&mut spare.luts);
+            self.spare.set(Some(spare));
+            luts.clear();
             for a in acts {
                 tl2::build_luts(&a.q, l.k3, &mut luts);
             }
@@ -54,14 +85,14 @@ impl<'a> Input<'a> {
     /// Each row quantized as the reference does it ([`quantize_row`]).
     fn quantized(&self, cols: usize) -> &[QuantRow] {
         self.quantized.get_or_init(|| {
-            self.x
-                .chunks_exact(cols)
-                .map(|row| {
-                    let mut q = QuantRow::default();
-                    quantize_row(row, &mut q);
-                    q
-                })
-                .collect()
+            let mut spare = self.spare.take().unwrap_or_default();
+            let mut rows = std::mem::take(&mut spare.rows);
+            self.spare.set(Some(spare));
+            rows.resize_with(self.n, QuantRow::default);
+            for (row, q) in self.x.chunks_exact(cols).zip(&mut rows) {
+                quantize_row(row, q);
+            }
+            rows
         })
     }
 }
