@@ -103,17 +103,10 @@ fn naive_i2s_gemm(
     x: &[f32],
     n: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; n * rows];
-    for t in 0..n {
-        let (q, s, _) = naive_quant(&x[t * cols..(t + 1) * cols]);
-        for r in 0..rows {
-            let d: i32 = (0..cols)
-                .map(|c| naive_i2s_value(bytes, r * cols + c) * q[c])
-                .sum();
-            out[t * rows + r] = d as f32 / s * scale;
-        }
-    }
-    out
+    let values: Vec<i8> = (0..rows * cols)
+        .map(|j| naive_i2s_value(bytes, j) as i8)
+        .collect();
+    naive_gemm(&values, rows, cols, scale, x, n)
 }
 
 fn activations() -> impl Strategy<Value = Vec<f32>> {

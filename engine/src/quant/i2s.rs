@@ -130,9 +130,10 @@ pub mod avx2 {
         dot_codes_xt(row, [q])[0]
     }
 
+    /// The sum of the eight i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn hsum(acc: __m256i) -> i32 {
+    pub(crate) unsafe fn hsum(acc: __m256i) -> i32 {
         let s = _mm_add_epi32(
             _mm256_castsi256_si128(acc),
             _mm256_extracti128_si256(acc, 1),

@@ -191,14 +191,7 @@ pub mod avx2 {
             let d = _mm256_sub_epi16(_mm256_maddubs_epi16(c, x), _mm256_maddubs_epi16(ones8, x));
             acc = _mm256_add_epi16(acc, d);
         }
-        let acc = _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(acc),
-            _mm256_extracti128_si256(acc, 1),
-        );
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+        crate::quant::i2s::avx2::hsum(_mm256_madd_epi16(acc, _mm256_set1_epi16(1)))
     }
 
     /// The codes of a TQ2_0 block as eight vectors, in activation order.
