@@ -793,8 +793,11 @@ async fn fault(sh: Arc<Shared>, f: Fault) {
     }
 }
 
-/// GETs the readiness path every 50 ms from SIGTERM (plus the signal grace) until the
-/// process exits or the drain deadline passes.
+/// Judges readiness at SIGTERM and after it, however short the drain: the first GET of the
+/// readiness path goes out as soon as the signal grace has passed, then one every 50 ms until
+/// the process exits or the drain deadline passes. The check of the new completion sent while
+/// draining runs beside these, so it never delays the first readiness check (a drain can end
+/// within 0.15 s on a fast CPU).
 async fn drain_checks(sh: Arc<Shared>, sigterm_s: f64) {
     let until = sh.at(sigterm_s + sh.scenario.drain_timeout_s() + EXIT_GRACE_S);
     let path = sh
@@ -806,7 +809,10 @@ async fn drain_checks(sh: Arc<Shared>, sigterm_s: f64) {
     sleep_until(sh.at(sigterm_s + SIGNAL_GRACE_S)).await;
     // One new completion while draining (sent past the simulated Service, as a client with a
     // stale endpoint list would): it must be refused.
-    if !sh.gone() {
+    let completion = async {
+        if sh.gone() {
+            return;
+        }
         let start_s = sh.now();
         let send = sh
             .client
@@ -828,19 +834,26 @@ async fn drain_checks(sh: Arc<Shared>, sigterm_s: f64) {
             status,
             retry_after,
         });
-    }
-    while !sh.gone() && Instant::now() < until {
-        let start_s = sh.now();
-        let (status, reason, _) = get_status(&sh, &path, 1.0).await;
-        let end_s = sh.now();
-        sh.rec().drain_checks.push(DrainCheck {
-            start_s,
-            end_s,
-            status,
-            reason,
-        });
-        sleep(DRAIN_CHECK_EVERY).await;
-    }
+    };
+    let checks = async {
+        // The first check is taken even if the process has just exited: a refused
+        // connection is recorded as such (not ready), so a drain is always judged.
+        let mut first = true;
+        while (first || !sh.gone()) && Instant::now() < until {
+            first = false;
+            let start_s = sh.now();
+            let (status, reason, _) = get_status(&sh, &path, 1.0).await;
+            let end_s = sh.now();
+            sh.rec().drain_checks.push(DrainCheck {
+                start_s,
+                end_s,
+                status,
+                reason,
+            });
+            sleep(DRAIN_CHECK_EVERY).await;
+        }
+    };
+    tokio::join!(completion, checks);
 }
 
 /// Probe kinds whose path is the readiness path (their successes after SIGTERM count as
