@@ -208,26 +208,45 @@ fn main() {
 
     let mut rng = Rng::new(1);
     let mut log = Vec::new();
-    let (scalar, avx2) = (Isa::Scalar, Isa::Avx2);
+    let (scalar, avx2, avx512) = (Isa::Scalar, Isa::Avx2, Isa::Avx512);
+    // AVX-512 kernels are timed beside the AVX2 ones where this CPU has them.
+    let has512 = Isa::detect() >= Isa::Avx512;
+    let with512 = |base: &[(&'static str, Isa, usize)], extra: &[(&'static str, Isa, usize)]| {
+        let mut v = base.to_vec();
+        if has512 {
+            v.extend_from_slice(extra);
+        }
+        v
+    };
     let up = i2s_matrix(&mut rng, 6912, 2560, bench_mode);
     bench(
         &mut c,
         &mut log,
         "i2s_gemv_2560x6912",
         &up,
-        &[("scalar", scalar, 1), ("avx2", avx2, 1)],
+        &with512(
+            &[("scalar", scalar, 1), ("avx2", avx2, 1)],
+            &[("avx512", avx512, 1)],
+        ),
     );
     bench(
         &mut c,
         &mut log,
         "i2s_gemm_2560x6912",
         &up,
-        &[
-            ("scalar_4tok", scalar, 4),
-            ("avx2_4tok", avx2, 4),
-            ("avx2_16tok", avx2, 16),
-            ("avx2_128tok", avx2, 128),
-        ],
+        &with512(
+            &[
+                ("scalar_4tok", scalar, 4),
+                ("avx2_4tok", avx2, 4),
+                ("avx2_16tok", avx2, 16),
+                ("avx2_128tok", avx2, 128),
+            ],
+            &[
+                ("avx512_4tok", avx512, 4),
+                ("avx512_16tok", avx512, 16),
+                ("avx512_128tok", avx512, 128),
+            ],
+        ),
     );
     drop(up);
     let down = i2s_matrix(&mut rng, 2560, 6912, bench_mode);
@@ -236,7 +255,10 @@ fn main() {
         &mut log,
         "i2s_gemv_6912x2560",
         &down,
-        &[("scalar", scalar, 1), ("avx2", avx2, 1)],
+        &with512(
+            &[("scalar", scalar, 1), ("avx2", avx2, 1)],
+            &[("avx512", avx512, 1)],
+        ),
     );
     drop(down);
     for (group, rows, cols) in [("tl2_2560x6912", 6912, 2560), ("tl2_6912x2560", 2560, 6912)] {
@@ -266,11 +288,14 @@ fn main() {
             &mut log,
             group,
             &output,
-            &[
-                ("scalar", scalar, 1),
-                ("avx2", avx2, 1),
-                ("avx2_4tok", avx2, 4),
-            ],
+            &with512(
+                &[
+                    ("scalar", scalar, 1),
+                    ("avx2", avx2, 1),
+                    ("avx2_4tok", avx2, 4),
+                ],
+                &[("avx512_4tok", avx512, 4)],
+            ),
         );
     }
     for (group, ty) in [

@@ -23,7 +23,7 @@ pub struct Cache<'a> {
 /// `scores` as scratch. Uses AVX2 when the CPU has it (identical results).
 pub fn head(q: &[f32], cache: Cache, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 && q.len().is_multiple_of(8) {
+    if Isa::detect() >= Isa::Avx2 && q.len().is_multiple_of(8) {
         // SAFETY: the CPU has AVX2; the slices are checked inside.
         return unsafe { avx2::head(q, cache, scale, scores, out) };
     }
@@ -201,6 +201,37 @@ mod avx2 {
         _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1))
     }
 
+    /// The dots of `q` with the keys of positions `p..p + 8`, folded as [`super::dot`] folds
+    /// them: `[[d_p .. d_p+3], [d_p+4 .. d_p+7]]`.
+    ///
+    /// # Safety
+    /// AVX2; the eight keys lie within the cache.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn scores8(
+        qp: *const f32,
+        kp: *const f32,
+        hd: usize,
+        stride: usize,
+        offset: usize,
+        p: usize,
+    ) -> [__m128; 2] {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in (0..hd).step_by(8) {
+            let qv = _mm256_loadu_ps(qp.add(i));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let k = _mm256_loadu_ps(kp.add((p + j) * stride + offset + i));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, k));
+            }
+        }
+        let f = |a: &[__m256]| {
+            let h01 = _mm_hadd_ps(fold4(a[0]), fold4(a[1]));
+            let h23 = _mm_hadd_ps(fold4(a[2]), fold4(a[3]));
+            _mm_hadd_ps(h01, h23)
+        };
+        [f(&acc[..4]), f(&acc[4..])]
+    }
+
     /// # Safety
     /// AVX2 is available and `q.len()` is a multiple of 8.
     #[target_feature(enable = "avx2")]
@@ -215,8 +246,15 @@ mod avx2 {
         }
         let (qp, kp, vp) = (q.as_ptr(), c.keys.as_ptr(), c.values.as_ptr());
         let sc = _mm_set1_ps(scale);
-        // Scores, four positions at a time: four independent add chains.
+        // Scores, eight then four positions at a time: independent add chains (one chain
+        // per position is bound by the add latency).
         let mut p = 0;
+        while p + 8 <= n {
+            let d = scores8(qp, kp, hd, c.stride, c.offset, p);
+            _mm_storeu_ps(scores.as_mut_ptr().add(p), _mm_mul_ps(d[0], sc));
+            _mm_storeu_ps(scores.as_mut_ptr().add(p + 4), _mm_mul_ps(d[1], sc));
+            p += 8;
+        }
         while p + 4 <= n {
             let mut acc = [_mm256_setzero_ps(); 4];
             for i in (0..hd).step_by(8) {
@@ -248,6 +286,22 @@ mod avx2 {
         // Weighted values: eight output lanes per register, positions in order.
         let op = out.as_mut_ptr();
         let mut i = 0;
+        // 64 lanes per pass: eight independent add chains, each position's weight broadcast
+        // once for all of them.
+        while i + 64 <= hd {
+            let mut o = [_mm256_setzero_ps(); 8];
+            for (pos, &a) in scores.iter().enumerate() {
+                let av = _mm256_set1_ps(a);
+                let base = vp.add(pos * c.stride + c.offset + i);
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = _mm256_add_ps(*o, _mm256_mul_ps(av, _mm256_loadu_ps(base.add(8 * j))));
+                }
+            }
+            for (j, o) in o.iter().enumerate() {
+                _mm256_storeu_ps(op.add(i + 8 * j), *o);
+            }
+            i += 64;
+        }
         while i < hd {
             let w = (hd - i).min(32) / 8;
             let mut o = [_mm256_setzero_ps(); 4];

@@ -268,7 +268,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
             .map_or("none", |l| l.wq.ty.name())
             .to_string(),
         output_type: model.output.ty.name().to_string(),
-        isa: format!("{:?}", crate::quant::matmul::Isa::detect()).to_lowercase(),
+        isa: crate::quant::matmul::Isa::detect().name().to_string(),
         prefill_tokens: opts.prefill,
         gen_tokens: opts.gen,
         repeats: opts.repeats,

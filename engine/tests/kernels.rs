@@ -169,8 +169,8 @@ proptest! {
         let packed = i2s::pack(&v, rows, cols, scale).unwrap();
         let want = naive_i2s_gemm(&packed, rows, cols, scale, &x, n);
         let w = weight(TensorType::I2S, rows, cols, packed);
-        // The scalar reference and the fastest kernel this CPU has must both be bit-exact.
-        for isa in [Isa::Scalar, Isa::detect()] {
+        // The scalar reference and every kernel this CPU runs must be bit-exact.
+        for isa in Isa::available() {
             let stats = KernelStats::default();
             for threads in [1, 2] {
                 let mut got = vec![0f32; n * rows];
@@ -214,8 +214,8 @@ proptest! {
             }
             let want = acc / s;
             let w = weight(ty, 1, cols, packed);
-            // The scalar reference and the fastest kernel this CPU has must both be bit-exact.
-            for isa in [Isa::Scalar, Isa::detect()] {
+            // The scalar reference and every kernel this CPU runs must be bit-exact.
+            for isa in Isa::available() {
                 let mut got = [0f32];
                 let stats = KernelStats::default();
                 w.matmul_isa(isa, x, 1, &mut got, 1, &stats);
@@ -241,11 +241,14 @@ proptest! {
                 _ => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
             };
             let w = weight(ty, rows, cols, bytes);
-            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            let mut a = vec![0f32; n * rows];
             w.matmul_isa(Isa::Scalar, &x, n, &mut a, 1, &KernelStats::default());
-            w.matmul_isa(Isa::detect(), &x, n, &mut b, 2, &KernelStats::default());
-            for (p, q) in a.iter().zip(&b) {
-                prop_assert_eq!(p.to_bits(), q.to_bits(), "{}: {} vs {}", ty, p, q);
+            for isa in Isa::available() {
+                let mut b = vec![0f32; n * rows];
+                w.matmul_isa(isa, &x, n, &mut b, 2, &KernelStats::default());
+                for (p, q) in a.iter().zip(&b) {
+                    prop_assert_eq!(p.to_bits(), q.to_bits(), "{} {:?}: {} vs {}", ty, isa, p, q);
+                }
             }
         }
     }
@@ -299,7 +302,7 @@ fn i2s_gemv_is_exact_at_extreme_magnitudes_over_many_blocks() {
             let packed = i2s::pack(&v, rows, cols, 1.0).unwrap();
             let want = naive_i2s_gemm(&packed, rows, cols, 1.0, &x, 1);
             let w = weight(TensorType::I2S, rows, cols, packed);
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in Isa::available() {
                 for threads in [1, 2] {
                     let mut got = vec![0f32; rows];
                     w.matmul_isa(isa, &x, 1, &mut got, threads, &KernelStats::default());
@@ -316,7 +319,7 @@ fn check_tl2(values: &[i8], rows: usize, cols: usize, tiling: tl2::Tiling, x: &[
     let scale = 0.75;
     let want = naive_gemm(values, rows, cols, scale, x, n);
     let w = tl2_weight(values, rows, cols, tiling, scale);
-    for isa in [Isa::Scalar, Isa::detect()] {
+    for isa in Isa::available() {
         for threads in [1, 2] {
             let stats = KernelStats::default();
             let mut got = vec![0f32; n * rows];
@@ -479,4 +482,68 @@ fn tl2_without_a_usable_tiling_is_a_typed_error() {
             ),
         }
     }
+}
+
+/// Every I2_S kernel of one instruction set against the naive formula on the model's row
+/// lengths (odd and even block counts) and every group size 1..=9 tokens, 1 and 2 threads.
+fn i2s_kernels_of(isa: Isa) {
+    assert!(
+        Isa::available().contains(&isa),
+        "{isa:?} is not available on this CPU"
+    );
+    let mut rng = bitnet::sample::Rng::new(7);
+    for (rows, cols) in [(3, 128), (17, 384), (9, 2560), (5, 6912)] {
+        let v: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng.next_f64() * 3.0) as i8 - 1)
+            .collect();
+        let packed = i2s::pack(&v, rows, cols, 0.37).unwrap();
+        let w = weight(TensorType::I2S, rows, cols, packed.clone());
+        for n in 1..=9 {
+            // Activations at the extremes too (int8 -128 and 127 after quantization).
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| match i % 97 {
+                    0 => -1e3,
+                    1 => 1e3,
+                    _ => (rng.next_f64() * 2.0 - 1.0) as f32,
+                })
+                .collect();
+            let want = naive_i2s_gemm(&packed, rows, cols, 0.37, &x, n);
+            for threads in [1, 2] {
+                let stats = KernelStats::default();
+                let mut got = vec![0f32; n * rows];
+                w.matmul_isa(isa, &x, n, &mut got, threads, &stats);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        e.to_bits(),
+                        "{isa:?} {rows}x{cols} n={n} threads={threads} element {i}: {g} vs {e}"
+                    );
+                }
+                let id = w.kernel_id(n, isa);
+                assert!(
+                    id.ends_with(isa.name()),
+                    "{id} ran instead of a {isa:?} kernel"
+                );
+                assert!(stats.snapshot().contains_key(id));
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(bitnet_host_avx2),
+    ignore = "the CPU that built these tests has no AVX2+F16C: the avx2 kernels cannot run here"
+)]
+fn i2s_avx2_kernels_are_bit_exact_on_model_shapes() {
+    i2s_kernels_of(Isa::Avx2);
+}
+
+#[test]
+#[cfg_attr(
+    not(bitnet_host_avx512),
+    ignore = "the CPU that built these tests has no AVX-512 F/BW/VL+VNNI: the avx512 kernels cannot run here"
+)]
+fn i2s_avx512_kernels_are_bit_exact_on_model_shapes() {
+    i2s_kernels_of(Isa::Avx512);
 }

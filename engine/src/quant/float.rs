@@ -252,3 +252,129 @@ pub mod avx2 {
         finish(acc, tail)
     }
 }
+
+/// AVX-512 version of the F16 output projection for several tokens: two rows share one
+/// 512-bit register (row `2p` in lanes 0..7, row `2p + 1` in lanes 8..15), so each lane keeps
+/// exactly the add chain [`avx2::dot_f16`] keeps for its row and lane (separate multiply and
+/// add, same order, same final combination): the same bits, with half the instructions.
+/// One token stays on the AVX2 loop (it is bound by reading the rows, not by arithmetic).
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU runs these kernels (AVX-512 F plus AVX2/F16C).
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("f16c")
+    }
+
+    /// Rows `rs` (an even number, `2 * P`) against `T` tokens; outputs `[row][token]`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f")]
+    unsafe fn dot_f16_pairs<const P: usize, const T: usize>(
+        rs: [[&[u8]; 2]; P],
+        xs: [&[f32]; T],
+        ahead: *const u8,
+    ) -> [[[f32; T]; 2]; P] {
+        let len = xs[0].len();
+        let n8 = len / 8 * 8;
+        let mut acc = [[_mm512_setzero_ps(); T]; P];
+        for i in (0..n8).step_by(8) {
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(4 * P * i) as *const i8);
+            let w: [__m512; P] = std::array::from_fn(|p| {
+                let lo = _mm_loadu_si128(rs[p][0].as_ptr().add(2 * i) as *const __m128i);
+                let hi = _mm_loadu_si128(rs[p][1].as_ptr().add(2 * i) as *const __m128i);
+                _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1))
+            });
+            for t in 0..T {
+                let x8 = _mm256_loadu_pd(xs[t].as_ptr().add(i) as *const f64);
+                let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(x8));
+                for p in 0..P {
+                    acc[p][t] = _mm512_add_ps(acc[p][t], _mm512_mul_ps(w[p], xv));
+                }
+            }
+        }
+        let mut out = [[[0f32; T]; 2]; P];
+        for (p, rows) in rs.iter().enumerate() {
+            for (h, row) in rows.iter().enumerate() {
+                for t in 0..T {
+                    let mut tail = 0f32;
+                    for i in n8..len {
+                        tail += half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32()
+                            * xs[t][i];
+                    }
+                    let mut a = [0f32; 16];
+                    _mm512_storeu_ps(a.as_mut_ptr(), acc[p][t]);
+                    let a = &a[8 * h..8 * h + 8];
+                    out[p][h][t] =
+                        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+                }
+            }
+        }
+        out
+    }
+
+    /// As [`super::avx2::f16_rows`], with four rows (two register pairs) against four tokens
+    /// per pass while at least four tokens remain; the rest on the AVX2 loop.
+    ///
+    /// # Safety
+    /// The CPU must support the features of [`available`]; the rest as
+    /// [`super::avx2::f16_rows`].
+    #[target_feature(enable = "avx2,f16c,avx512f")]
+    pub unsafe fn f16_rows(
+        w: &[u8],
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: *mut f32,
+        out_rows: usize,
+    ) {
+        let cols = row_bytes / 2;
+        let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        let n4 = n / 4 * 4;
+        let mut r = rows.start;
+        if n4 > 0 {
+            while r + 4 <= rows.end {
+                let rs = [[row(r), row(r + 1)], [row(r + 2), row(r + 3)]];
+                let ahead = w.as_ptr().wrapping_add((r + 4) * row_bytes);
+                for t in (0..n4).step_by(4) {
+                    let d = dot_f16_pairs::<2, 4>(rs, std::array::from_fn(|j| xt(t + j)), ahead);
+                    for (p, dp) in d.iter().enumerate() {
+                        for (h, dh) in dp.iter().enumerate() {
+                            for (j, &v) in dh.iter().enumerate() {
+                                *out.add((t + j) * out_rows + r + 2 * p + h) = v;
+                            }
+                        }
+                    }
+                }
+                r += 4;
+            }
+        }
+        // The rows left over against the first n4 tokens, and every row against the rest.
+        if r < rows.end && n4 > 0 {
+            super::avx2::f16_rows(
+                w,
+                row_bytes,
+                r..rows.end,
+                &x[..n4 * cols],
+                n4,
+                out,
+                out_rows,
+            );
+        }
+        if n4 < n {
+            super::avx2::f16_rows(
+                w,
+                row_bytes,
+                rows,
+                &x[n4 * cols..],
+                n - n4,
+                out.add(n4 * out_rows),
+                out_rows,
+            );
+        }
+    }
+}

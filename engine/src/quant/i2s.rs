@@ -295,3 +295,201 @@ pub mod avx2 {
         }
     }
 }
+
+/// AVX-512 VNNI version of the I2_S products (AVX512-F/BW/VL + VNNI `vpdpbusd`): the same
+/// exact integer sums as [`dot_codes`], four byte products added straight into each i32 lane.
+///
+/// A 32-byte block (128 values) is broadcast to both halves of a 512-bit register and masked
+/// differently in each half: `0xC0` in the low half keeps the codes of elements 0..31 (bits
+/// 7:6, so 64 x code), `0x30` in the high half those of 32..63 (16 x code). That register meets
+/// the 64 contiguous activation bytes of elements 0..63 in one `vpdpbusd`; masks `0x0C`/`0x03`
+/// make the second register (4 x code, 1 x code) for elements 64..127. No shift is needed:
+/// every i32 lane sums products of one plane only, so its total is an exact multiple of its
+/// plane's factor, divided out once at the end by an exact arithmetic shift. A block costs one
+/// load and two masks, shared by every token, and two `vpdpbusd` per token. Two rows share
+/// each activation load when four tokens are multiplied together.
+///
+/// Bound: a lane gains at most 4 * 128 * 128 = 65536 per block, so rows of up to
+/// [`MAX_BLOCKS`] blocks cannot overflow; longer rows take the AVX2 kernel.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// As in the AVX2 kernel (bytes of codes read ahead; rows per tile about this many bytes).
+    const PREFETCH: usize = 2048;
+    const TILE_BYTES: usize = 16 << 10;
+
+    /// The longest row (in 128-value blocks) whose lane sums fit in i32: 16384 * 65536 = 2^30.
+    pub const MAX_BLOCKS: usize = 16384;
+
+    /// Whether this CPU runs these kernels.
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// Lane sums of one (row, token): elements 0..63 in `.0` (lanes 0..7 carry 64 x their
+    /// sums, lanes 8..15 16 x), 64..127 in `.1` (4 x, 1 x).
+    type Acc = (__m512i, __m512i);
+
+    /// `D` from an [`Acc`]: each lane divided by its plane's factor (exact), then summed.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn total(a: Acc) -> __m512i {
+        let s01 = _mm512_setr_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
+        let s23 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_add_epi32(_mm512_srav_epi32(a.0, s01), _mm512_srav_epi32(a.1, s23))
+    }
+
+    /// The lane sums of `R` rows against `T` tokens. `U` blocks per iteration, each with its
+    /// own accumulators, so few (row, token) pairs still keep enough `vpdpbusd` chains in
+    /// flight.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    // Indexed loops over const-size register arrays: unrolled, and clearer than zips.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn acc<const R: usize, const T: usize, const U: usize>(
+        rows: [&[u8]; R],
+        q: [&[i8]; T],
+    ) -> [[__m512i; T]; R] {
+        let m01 = _mm512_inserti64x4(_mm512_set1_epi8(0xC0u8 as i8), _mm256_set1_epi8(0x30), 1);
+        let m23 = _mm512_inserti64x4(_mm512_set1_epi8(0x0C), _mm256_set1_epi8(0x03), 1);
+        let blocks = rows[0].len() / 32;
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[[(zero, zero); U]; T]; R];
+        // Block `b`, into accumulator set `u`: each row's codes are decoded once, each token's
+        // activations loaded once and used by every row.
+        let block = |acc: &mut [[[Acc; U]; T]; R], b: usize, u: usize| {
+            let c: [(__m512i, __m512i); R] = std::array::from_fn(|r| {
+                let p = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    rows[r].as_ptr().add(b * 32) as *const __m256i
+                ));
+                (_mm512_and_si512(p, m01), _mm512_and_si512(p, m23))
+            });
+            for t in 0..T {
+                let x = q[t].as_ptr().add(b * 128);
+                let x0 = _mm512_loadu_si512(x as *const _);
+                let x1 = _mm512_loadu_si512(x.add(64) as *const _);
+                for r in 0..R {
+                    let a = &mut acc[r][t][u];
+                    a.0 = _mm512_dpbusd_epi32(a.0, c[r].0, x0);
+                    a.1 = _mm512_dpbusd_epi32(a.1, c[r].1, x1);
+                }
+            }
+        };
+        let mut b = 0;
+        while b + U <= blocks {
+            for row in rows {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    row.as_ptr().wrapping_add(b * 32 + PREFETCH) as *const i8
+                );
+            }
+            for u in 0..U {
+                block(&mut acc, b + u, u);
+            }
+            b += U;
+        }
+        while b < blocks {
+            block(&mut acc, b, 0);
+            b += 1;
+        }
+        // Plain loops (closures passed to `map` may not inline into this function's features).
+        let mut sums = [[zero; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                for u in 0..U {
+                    sums[r][t] = _mm512_add_epi32(sums[r][t], total(acc[r][t][u]));
+                }
+            }
+        }
+        sums
+    }
+
+    /// The exact sum `D = sum code_j * q_j` of one row.
+    ///
+    /// # Safety
+    /// The CPU must support the features of [`available`]; `row.len() * 4 == q.len()`, a
+    /// multiple of 128 elements, at most [`MAX_BLOCKS`] blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_codes(row: &[u8], q: &[i8]) -> i32 {
+        debug_assert_eq!(row.len() * 4, q.len());
+        _mm512_reduce_add_epi32(acc::<1, 1, 2>([row], [q])[0][0])
+    }
+
+    /// Four lane-sum vectors reduced at once: `[D0, D1, D2, D3]`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn hsum4(acc: [__m512i; 4]) -> [i32; 4] {
+        let f = |a: __m512i| {
+            let h = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+        };
+        let h01 = _mm_hadd_epi32(f(acc[0]), f(acc[1]));
+        let h23 = _mm_hadd_epi32(f(acc[2]), f(acc[3]));
+        let mut d = [0i32; 4];
+        _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, _mm_hadd_epi32(h01, h23));
+        d
+    }
+
+    /// As [`super::avx2::rows`]: rows `rows` of a packed matrix against every token row of
+    /// `acts`, finished as [`super::finish`] does, `out[t * out_rows + r]`; row tiles of
+    /// about 16 KiB, tokens in groups of four (two rows at a time), the rest one by one.
+    ///
+    /// # Safety
+    /// The CPU must support the features of [`available`]; rows have at most [`MAX_BLOCKS`]
+    /// blocks; the rest as [`super::avx2::rows`].
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn rows(
+        w: &[u8],
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        acts: &[super::QuantRow],
+        w_scale: f32,
+        out: *mut f32,
+        out_rows: usize,
+    ) {
+        debug_assert!(row_bytes / 32 <= MAX_BLOCKS);
+        let n = acts.len();
+        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        let put = |t: usize, r: usize, d: i32| {
+            *out.add(t * out_rows + r) = super::finish(d, &acts[t], w_scale);
+        };
+        let tile = (TILE_BYTES / row_bytes.max(1)).max(2);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r1 = rows.end.min(r0 + tile);
+            let mut t = 0;
+            while t + 4 <= n {
+                let q: [&[i8]; 4] = std::array::from_fn(|j| &acts[t + j].q[..]);
+                let mut r = r0;
+                while r + 2 <= r1 {
+                    let [a, b] = acc::<2, 4, 1>([row(r), row(r + 1)], q);
+                    for (k, d) in [(r, hsum4(a)), (r + 1, hsum4(b))] {
+                        for (j, d) in d.into_iter().enumerate() {
+                            put(t + j, k, d);
+                        }
+                    }
+                    r += 2;
+                }
+                if r < r1 {
+                    for (j, d) in hsum4(acc::<1, 4, 1>([row(r)], q)[0])
+                        .into_iter()
+                        .enumerate()
+                    {
+                        put(t + j, r, d);
+                    }
+                }
+                t += 4;
+            }
+            for (t, a) in acts.iter().enumerate().skip(t) {
+                for r in r0..r1 {
+                    put(t, r, dot_codes(row(r), &a.q));
+                }
+            }
+            r0 = r1;
+        }
+    }
+}

@@ -287,6 +287,15 @@ impl Weight {
         let acts = tokens.acts;
         // Only the scalar float formats need a dequantization buffer; allocate it on first use.
         let mut scratch = Vec::new();
+        // F16 (the output projection) on AVX-512: four rows against four tokens per pass.
+        #[cfg(target_arch = "x86_64")]
+        if self.ty == TensorType::F16 && isa == Isa::Avx512 {
+            let rb = self.ty.row_bytes(self.cols);
+            // SAFETY: Isa::effective only yields Avx512 when the CPU has AVX-512 F, AVX2 and
+            // F16C; `x` has `n` rows of `cols`; `out` as for this function.
+            unsafe { float::avx512::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
+            return;
+        }
         // F16 (the output projection): all rows and tokens in one AVX2 loop.
         #[cfg(target_arch = "x86_64")]
         if self.ty == TensorType::F16 && isa == Isa::Avx2 {
@@ -296,10 +305,33 @@ impl Weight {
             unsafe { float::avx2::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
             return;
         }
+        // I2_S on AVX-512 VNNI: as the AVX2 loop below, with `vpdpbusd`.
+        #[cfg(target_arch = "x86_64")]
+        if self.ty == TensorType::I2S
+            && isa == Isa::Avx512
+            && self.cols / i2s::BLOCK <= i2s::avx512::MAX_BLOCKS
+        {
+            let rb = self.ty.row_bytes(self.cols);
+            // SAFETY: Isa::effective only yields Avx512 when the CPU has AVX-512 F/BW/VL and
+            // VNNI; rows are short enough (checked above; longer ones take the AVX2 loop); the
+            // activations have the validated row length; `out` as for this function.
+            unsafe {
+                i2s::avx512::rows(
+                    self.bytes(),
+                    rb,
+                    range,
+                    acts,
+                    self.w_scale,
+                    out.0,
+                    self.rows,
+                )
+            };
+            return;
+        }
         // Ternary I2_S: every token of the product (one, a prompt, or the decode steps of
         // several sequences) in one AVX2 loop over the rows.
         #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::I2S && isa == Isa::Avx2 {
+        if self.ty == TensorType::I2S && isa >= Isa::Avx2 {
             let rb = self.ty.row_bytes(self.cols);
             // SAFETY: Isa::effective only yields Avx2 when the CPU has it; the activations
             // have the validated row length; `out` as for this function.
@@ -421,12 +453,15 @@ fn tl2_parts(
     Ok((scale, tl2::Layout::new(rows, cols, tiling)?))
 }
 
-/// Instruction sets with kernels of their own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Instruction sets with kernels of their own, in order: each includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Scalar,
     /// AVX2 with F16C.
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI (`vpdpbusd`), besides AVX2 and F16C. Formats without a kernel
+    /// of their own here run their AVX2 kernel.
+    Avx512,
 }
 
 impl Isa {
@@ -436,29 +471,42 @@ impl Isa {
         *DETECTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+                if i2s::avx512::available() && float::avx512::available() {
+                    return Isa::Avx512;
+                }
                 return Isa::Avx2;
             }
             Isa::Scalar
         })
     }
 
-    /// The implementation that computes `ty` when `isa` is asked for: `isa` if it has a kernel
-    /// for the type and the CPU supports it, otherwise scalar.
-    pub fn effective(ty: TensorType, isa: Isa) -> Isa {
-        let has_kernel = matches!(
-            ty,
-            TensorType::I2S
-                | TensorType::TL2
-                | TensorType::TQ2_0
-                | TensorType::TQ1_0
-                | TensorType::F16
-                | TensorType::F32
-        );
-        if isa == Isa::Avx2 && has_kernel && Isa::detect() == Isa::Avx2 {
-            Isa::Avx2
-        } else {
-            Isa::Scalar
+    /// Every instruction set this CPU runs, scalar first (tests compare each with scalar).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= Isa::detect())
+            .collect()
+    }
+
+    /// The lower-case name used in kernel ids, `/health` and bench reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
+    }
+
+    /// The implementation that computes `ty` when `isa` is asked for: the best instruction
+    /// set not above `isa` that has a kernel for the type and that the CPU supports.
+    pub fn effective(ty: TensorType, isa: Isa) -> Isa {
+        let isa = isa.min(Isa::detect());
+        let best = match ty {
+            TensorType::I2S | TensorType::F16 => Isa::Avx512,
+            TensorType::TL2 | TensorType::TQ2_0 | TensorType::TQ1_0 | TensorType::F32 => Isa::Avx2,
+            _ => Isa::Scalar,
+        };
+        isa.min(best)
     }
 }
 
@@ -468,6 +516,8 @@ pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
     (TensorType::I2S, false, Isa::Scalar, "i2s_gemm_scalar"),
     (TensorType::I2S, true, Isa::Avx2, "i2s_gemv_avx2"),
     (TensorType::I2S, false, Isa::Avx2, "i2s_gemm_avx2"),
+    (TensorType::I2S, true, Isa::Avx512, "i2s_gemv_avx512"),
+    (TensorType::I2S, false, Isa::Avx512, "i2s_gemm_avx512"),
     (TensorType::TL2, true, Isa::Scalar, "tl2_gemv_scalar"),
     (TensorType::TL2, false, Isa::Scalar, "tl2_gemm_scalar"),
     (TensorType::TL2, true, Isa::Avx2, "tl2_gemv_avx2"),
@@ -488,6 +538,8 @@ pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
     (TensorType::F16, false, Isa::Scalar, "f16_gemm_scalar"),
     (TensorType::F16, true, Isa::Avx2, "f16_gemv_avx2"),
     (TensorType::F16, false, Isa::Avx2, "f16_gemm_avx2"),
+    (TensorType::F16, true, Isa::Avx512, "f16_gemv_avx512"),
+    (TensorType::F16, false, Isa::Avx512, "f16_gemm_avx512"),
     (TensorType::BF16, true, Isa::Scalar, "bf16_gemv_scalar"),
     (TensorType::BF16, false, Isa::Scalar, "bf16_gemm_scalar"),
     (TensorType::Q8_0, true, Isa::Scalar, "q8_0_gemv_scalar"),

@@ -256,10 +256,60 @@ pub fn dequantize_row(
     Ok(())
 }
 
+/// 64 bytes on a cache-line boundary.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
+/// An int8 buffer that starts on a 64-byte boundary, so the 512-bit activation loads of the
+/// AVX-512 kernels never straddle two cache lines (a split load costs two). Reads and writes
+/// as a `[i8]`.
+#[derive(Clone, Default)]
+pub struct AlignedI8 {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedI8 {
+    /// Sets the length to `len`, every value 0.
+    pub fn reset(&mut self, len: usize) {
+        self.lines.clear();
+        self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for AlignedI8 {
+    type Target = [i8];
+    fn deref(&self) -> &[i8] {
+        // SAFETY: `lines` holds at least `len` initialised bytes (`Line` is 64 i8s, no padding).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const i8, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedI8 {
+    fn deref_mut(&mut self) -> &mut [i8] {
+        // SAFETY: as in `deref`, and `self` is borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut i8, self.len) }
+    }
+}
+
+impl std::fmt::Debug for AlignedI8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl PartialEq for AlignedI8 {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 /// One token row of activations quantized to int8 the way the reference does it.
 #[derive(Clone, Debug, Default)]
 pub struct QuantRow {
-    pub q: Vec<i8>,
+    pub q: AlignedI8,
     /// s = 127 / max(max|x|, 1e-5); the row's real values are q / s.
     pub scale: f32,
     /// Sum of q (the I2_S kernel subtracts it to map codes 0..2 back to -1..+1).
@@ -273,6 +323,37 @@ pub struct QuantRow {
 /// subtracting 1.5 * 2^23, exact for the clamped range), with the same result as the
 /// straightforward form (property test `quantize_row_matches_the_plain_form`).
 pub fn quantize_row(x: &[f32], out: &mut QuantRow) {
+    // The same body compiled for wider vectors where the CPU has them: every operation is an
+    // exact IEEE one (no contraction into FMA), so the bits do not depend on which runs.
+    #[cfg(target_arch = "x86_64")]
+    {
+        use matmul::Isa;
+        if Isa::detect() >= Isa::Avx512 {
+            // SAFETY: detected above.
+            return unsafe { quantize_row_avx512(x, out) };
+        }
+        if Isa::detect() >= Isa::Avx2 {
+            // SAFETY: detected above.
+            return unsafe { quantize_row_avx2(x, out) };
+        }
+    }
+    quantize_row_body(x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(x: &[f32], out: &mut QuantRow) {
+    quantize_row_body(x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut QuantRow) {
+    quantize_row_body(x, out)
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], out: &mut QuantRow) {
     // |v| is exact in f32, so its maximum equals the reference's f64 maximum; NaN is skipped
     // by both.
     let mut lanes = [0f32; 8];
@@ -295,12 +376,19 @@ pub fn quantize_row(x: &[f32], out: &mut QuantRow) {
     // Adding 1.5 * 2^23 to a value in [-128, 127] leaves an integer (ulp 1 there) rounded half
     // to even; subtracting it back is exact.
     const ROUND: f32 = 12_582_912.0;
-    out.q.clear();
-    out.q.resize(x.len(), 0);
+    out.q.reset(x.len());
     let mut sum = 0i32;
+    // After adding ROUND, the float's bits are ROUND's bits plus the rounded integer (its ulp
+    // is 1 there), so the integer is read off the bits with no float-to-int conversion; NaN
+    // becomes 0, as the reference's cast makes it.
     for (q, &v) in out.q.iter_mut().zip(x) {
-        let r = ((v * s).clamp(-128.0, 127.0) + ROUND) - ROUND;
-        let i = r as i32;
+        let p = v * s;
+        let c = if p.is_nan() {
+            0.0
+        } else {
+            p.clamp(-128.0, 127.0)
+        };
+        let i = (c + ROUND).to_bits() as i32 - ROUND.to_bits() as i32;
         sum += i;
         *q = i as i8;
     }
@@ -322,7 +410,14 @@ mod tests {
             .map(|&v| (v * s).round_ties_even().clamp(-128.0, 127.0) as i32 as i8)
             .collect();
         let sum = q.iter().map(|&v| v as i32).sum();
-        QuantRow { q, scale: s, sum }
+        let mut aligned = AlignedI8::default();
+        aligned.reset(q.len());
+        aligned.copy_from_slice(&q);
+        QuantRow {
+            q: aligned,
+            scale: s,
+            sum,
+        }
     }
 
     fn value() -> impl Strategy<Value = f32> {

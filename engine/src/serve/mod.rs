@@ -211,7 +211,7 @@ pub fn device(threads: usize) -> Value {
         "cpu": {
             "arch": std::env::consts::ARCH,
             "features": crate::receipt::cpu_features(),
-            "kernels": format!("{:?}", crate::quant::matmul::Isa::detect()).to_lowercase(),
+            "kernels": crate::quant::matmul::Isa::detect().name().to_string(),
             "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         },
         "threads": threads,
