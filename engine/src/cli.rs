@@ -25,6 +25,10 @@ use std::sync::Arc;
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Command,
+    /// The BPE pre-tokenizer to use (llama-bpe, gpt-2, ...), for a file whose
+    /// `tokenizer.ggml.pre` is absent and whose vocabulary is not recognised, or is wrong.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tokenizer_pre: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +148,20 @@ pub enum ConvertSource {
         #[arg(long, default_value = "f32")]
         embedding: String,
     },
+    /// A Hugging Face BitNetForCausalLM directory (config.json, *.safetensors, tokenizer.json,
+    /// tokenizer_config.json): any of transformers' three layouts (bitlinear packed,
+    /// autobitlinear offline or online).
+    Hf {
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// i2_s, tl2, tq2_0, tq1_0 or f32.
+        #[arg(long, default_value = "i2_s")]
+        weights: String,
+        /// Token embeddings (and an untied head): f16, f32 or q8_0.
+        #[arg(long, default_value = "f16")]
+        embedding: String,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -213,7 +231,7 @@ pub fn main() -> i32 {
     if !matches!(cli.cmd, Command::Serve(_)) {
         default_sigpipe();
     }
-    match dispatch(cli.cmd) {
+    match dispatch(cli.cmd, cli.tokenizer_pre.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -244,9 +262,12 @@ pub fn exit_code(e: &Error) -> i32 {
     }
 }
 
-fn load(path: &Path, threads: Option<usize>) -> Result<(Model, Tokenizer)> {
+fn load(path: &Path, threads: Option<usize>, pre: Option<&str>) -> Result<(Model, Tokenizer)> {
     let file = Arc::new(Gguf::open(path)?);
-    let tok = Tokenizer::from_gguf(&file)?;
+    let tok = Tokenizer::from_gguf_with(&file, pre)?;
+    if let Some(note) = tok.pre_note() {
+        eprintln!("{note}");
+    }
     let mut model = Model::from_gguf(file)?;
     if let Some(t) = threads {
         if t == 0 {
@@ -268,11 +289,14 @@ fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn dispatch(cmd: Command) -> Result<()> {
+fn dispatch(cmd: Command, pre: Option<&str>) -> Result<()> {
     match cmd {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(a, pre),
         Command::Bench(a) => crate::bench::cli(a),
-        Command::Serve(a) => crate::serve::run(a),
+        Command::Serve(mut a) => {
+            a.tokenizer_pre = pre.map(str::to_string);
+            crate::serve::run(a)
+        }
         Command::Keygen { output } => {
             let mut seed = [0u8; 32];
             use std::io::Read;
@@ -297,7 +321,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             model,
             gguf_only,
             full,
-        } => inspect(&model, gguf_only, full),
+        } => inspect(&model, gguf_only, full, pre),
         Command::Tokenize {
             model,
             text,
@@ -305,7 +329,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             special,
         } => {
             let g = Gguf::open(&model)?;
-            let tok = Tokenizer::from_gguf(&g)?;
+            let tok = Tokenizer::from_gguf_with(&g, pre)?;
+            if let Some(note) = tok.pre_note() {
+                eprintln!("{note}");
+            }
             let ids = tok.encode(&text, !no_bos, special);
             println!(
                 "{}",
@@ -323,7 +350,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             mode,
             threads,
         } => {
-            let (m, _) = load(&model, threads)?;
+            let (m, _) = load(&model, threads, pre)?;
             let logits = teacher_forced_logits(&m, &tokens, mode)?;
             write_logits(&output, tokens.len(), m.config.vocab_size, &logits)
         }
@@ -333,7 +360,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             ctx,
             threads,
         } => {
-            let (m, tok) = load(&model, threads)?;
+            let (m, tok) = load(&model, threads, pre)?;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Error::io(file.display().to_string(), e))?;
             let ids = tok.encode(&text, true, false);
@@ -369,6 +396,29 @@ fn dispatch(cmd: Command) -> Result<()> {
                     pb.set_position(done as u64);
                 },
             )?;
+            pb.finish_and_clear();
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Convert {
+            source:
+                ConvertSource::Hf {
+                    dir,
+                    output,
+                    weights,
+                    embedding,
+                },
+        } => {
+            let opts = convert::hf::Options {
+                weights: WeightFormat::parse(&weights)?,
+                embedding: convert::EmbedFormat::parse(&embedding)?,
+                tokenizer_pre: pre,
+            };
+            let pb = progress_bar(0, "converting");
+            convert::hf::convert(&dir, &output, opts, &mut |done, total| {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            })?;
             pb.finish_and_clear();
             eprintln!("wrote {}", output.display());
             Ok(())
@@ -420,7 +470,7 @@ fn dispatch(cmd: Command) -> Result<()> {
     }
 }
 
-fn run(a: RunArgs) -> Result<()> {
+fn run(a: RunArgs, pre: Option<&str>) -> Result<()> {
     let signing_key = match &a.sign {
         Some(p) => {
             Some(crate::receipt::read_signing_key(p).map_err(|e| Error::Usage(e.to_string()))?)
@@ -428,7 +478,7 @@ fn run(a: RunArgs) -> Result<()> {
         None => None,
     };
     let t_load = std::time::Instant::now();
-    let (model, tok) = load(&a.model, a.threads)?;
+    let (model, tok) = load(&a.model, a.threads, pre)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let sampler = SamplerParams {
         temperature: a.temperature,
@@ -557,7 +607,7 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     lse - logits[target as usize] as f64
 }
 
-fn inspect(path: &Path, gguf_only: bool, full: bool) -> Result<()> {
+fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Result<()> {
     let g = Arc::new(Gguf::open(path)?);
     let size = g.bytes().len();
     println!(
@@ -602,9 +652,30 @@ fn inspect(path: &Path, gguf_only: bool, full: bool) -> Result<()> {
         println!("verdict: valid GGUF container");
         return Ok(());
     }
-    let tok = Tokenizer::from_gguf(&g)?;
+    let tok = Tokenizer::from_gguf_with(&g, pre)?;
     let model = Model::from_gguf(g)?;
     let c = &model.config;
+    // What was inferred rather than read, and why.
+    match tok.pre_tokenizer() {
+        Some((p, crate::tokenizer::PreSource::Key)) => {
+            println!("pre-tokenizer: {p} (tokenizer.ggml.pre)")
+        }
+        Some((p, crate::tokenizer::PreSource::Override)) => {
+            println!("pre-tokenizer: {p} (--tokenizer-pre)")
+        }
+        Some((p, crate::tokenizer::PreSource::Fingerprint(fp))) => println!(
+            "pre-tokenizer: {p} (inferred: the file has no tokenizer.ggml.pre; the vocabulary's fingerprint {fp} is a known {p} vocabulary)"
+        ),
+        None => {}
+    }
+    println!(
+        "output head: {}",
+        if model.tied_output {
+            "tied to token_embd (the file has no output.weight)"
+        } else {
+            "output.weight"
+        }
+    );
     println!(
         "verdict: loadable {} model: {} layers, hidden {}, heads {}/{} kv, FFN {} ({}), vocab {} ({} tokenizer), context {}, {} output",
         c.arch,

@@ -350,3 +350,145 @@ fn a_closed_pipe_ends_inspect_quietly() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+/// Microsoft's published 2B-4T GGUF layout (no `tokenizer.ggml.pre`, `bitnet-b1.58.*` keys,
+/// the converter's placeholder template) loads in every command; the LLaMA-3 vocabulary is
+/// recognised by its fingerprint and said so on stderr; tokenization equals llama.cpp's
+/// `llama-bpe` vectors; an unrecognised vocabulary is exit 3 naming `--tokenizer-pre`.
+#[test]
+fn the_published_2b4t_layout_runs_in_every_command() {
+    let vocab = shared("tokenizers/ggml-vocab-llama-bpe.gguf");
+    let id = std::process::id();
+    let src = tmp(&format!("synth-relu2-bpe-{id}.gguf"));
+    let st = bitnet()
+        .args([
+            "synth",
+            "--preset",
+            "tiny",
+            "--activation",
+            "relu2",
+            "--vocab",
+        ])
+        .arg(&vocab)
+        .arg("-o")
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let published = tmp(&format!("published-layout-{id}.gguf"));
+    published_layout(&src, &published, &|_, v| Some(v));
+
+    let out = bitnet().arg("inspect").arg(&published).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        so.contains("general.architecture = \"bitnet-b1.58\""),
+        "{so}"
+    );
+    assert!(so.contains("pre-tokenizer: llama-bpe (inferred"), "{so}");
+    assert!(so.contains("output head: tied"), "{so}");
+    assert!(so.contains("(relu2)"), "{so}");
+
+    // Tokenization equals llama.cpp's vectors (no BOS, special text as plain text).
+    let inp = std::fs::read_to_string(shared("tokenizers/ggml-vocab-llama-bpe.gguf.inp")).unwrap();
+    let outp = std::fs::read_to_string(shared("tokenizers/ggml-vocab-llama-bpe.gguf.out")).unwrap();
+    let cases: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let mut checked = 0;
+    for (text, want) in cases.iter().zip(outp.lines()) {
+        // Arguments cannot carry NUL or start like a flag; the library test covers them all.
+        if text.is_empty() || text.contains('\0') || text.starts_with('-') {
+            continue;
+        }
+        let out = bitnet()
+            .args(["tokenize", "--no-bos", "-m"])
+            .arg(&published)
+            .arg(text)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8(out.stdout).unwrap();
+        let got: Vec<&str> = got
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let want: Vec<&str> = want.split_whitespace().collect();
+        assert_eq!(got, want, "{text:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no tokenizer.ggml.pre") && err.contains("llama-bpe"),
+            "{err}"
+        );
+        checked += 1;
+        if checked == 12 {
+            break;
+        }
+    }
+    assert_eq!(checked, 12);
+
+    let out = bitnet()
+        .args(["run", "-m"])
+        .arg(&published)
+        .args(["-p", "Hello", "-n", "6", "--temp", "0", "--ignore-eos"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logits = tmp(&format!("published-logits-{id}.bin"));
+    let st = bitnet()
+        .args(["logits", "-m"])
+        .arg(&published)
+        .args(["--tokens", "128000,9906,1917", "-o"])
+        .arg(&logits)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (n, v, data) = read_logits(&logits);
+    assert_eq!((n, v), (3, 128256));
+    assert!(data.iter().all(|x| x.is_finite()));
+
+    // Not LLaMA-3's vocabulary (a merge dropped): refused with the override named; naming it
+    // works.
+    let odd = tmp(&format!("published-odd-vocab-{id}.gguf"));
+    published_layout(&src, &odd, &|k, v| match (k, &v) {
+        ("tokenizer.ggml.merges", bitnet::gguf::Value::Array(_, items)) => {
+            Some(bitnet::gguf::Value::strings(
+                items[1..].iter().map(|m| m.as_str().unwrap().to_string()),
+            ))
+        }
+        _ => Some(v),
+    });
+    let out = bitnet()
+        .args(["tokenize", "-m"])
+        .arg(&odd)
+        .arg("Hello")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tokenizer-pre") && err.lines().count() == 1,
+        "{err}"
+    );
+    let out = bitnet()
+        .args(["tokenize", "--tokenizer-pre", "llama-bpe", "-m"])
+        .arg(&odd)
+        .arg("Hello")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -24,10 +24,13 @@ impl Drop for Server {
 }
 
 fn serve(args: &[&str]) -> Server {
-    let model = converted("i2_s", "f32");
+    serve_model(&converted("i2_s", "f32"), args)
+}
+
+fn serve_model(model: &std::path::Path, args: &[&str]) -> Server {
     let mut child = bitnet()
         .args(["serve", "--port", "0", "--threads", "2", "-m"])
-        .arg(&model)
+        .arg(model)
         .args(args)
         .stderr(Stdio::piped())
         .spawn()
@@ -631,4 +634,61 @@ fn sigterm_drains_in_flight_streams_and_exits_zero() {
     }
     let status = s.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status after the drain");
+}
+
+/// Microsoft's published 2B-4T GGUF layout (placeholder template, no pre-tokenizer key): chat
+/// requests are formatted as the model was trained ("Role: content<|eot_id|>" turns, then
+/// "Assistant: "), not with the placeholder; a user-given template still wins.
+#[test]
+fn chat_on_the_published_2b4t_layout_uses_the_trained_format() {
+    let id = std::process::id();
+    let src = tmp(&format!("serve-synth-relu2-bpe-{id}.gguf"));
+    let st = bitnet()
+        .args([
+            "synth",
+            "--preset",
+            "tiny",
+            "--activation",
+            "relu2",
+            "--vocab",
+        ])
+        .arg(shared("tokenizers/ggml-vocab-llama-bpe.gguf"))
+        .arg("-o")
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let published = tmp(&format!("serve-published-layout-{id}.gguf"));
+    published_layout(&src, &published, &|_, v| Some(v));
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]);
+    let prompt_tokens = |s: &Server| {
+        let r = s.post(
+            "/v1/chat/completions",
+            json!({"messages": messages, "max_tokens": 1, "temperature": 0}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let count = |s: &Server, text: &str| {
+        let r = s.post(
+            "/tokenize",
+            json!({"content": text, "add_special": false, "parse_special": true}),
+        );
+        r.json()["tokens"].as_array().unwrap().len() as u64
+    };
+    let trained = "<|begin_of_text|>System: Be brief.<|eot_id|>User: Hi there<|eot_id|>Assistant: ";
+    let s = serve_model(&published, &[]);
+    assert_eq!(prompt_tokens(&s), count(&s, trained));
+    // The turn end is a stop token of this model.
+    let eot = s.post(
+        "/tokenize",
+        json!({"content": "<|eot_id|>", "parse_special": true, "add_special": false}),
+    );
+    assert_eq!(eot.json()["tokens"], json!([128009]));
+    drop(s);
+    // A user-given template wins over the substitution.
+    let s = serve_model(&published, &["--chat-template", "chatml"]);
+    // chatml writes no BOS; the server adds the tokenizer's.
+    let chatml = "<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(prompt_tokens(&s), count(&s, chatml));
 }

@@ -3,7 +3,7 @@
 //! BOS and bad-metadata checks.
 
 use bitnet::gguf::{Gguf, GgufWriter, Value};
-use bitnet::tokenizer::{Tokenizer, TokenizerError};
+use bitnet::tokenizer::{vocab_fingerprint, PreSource, Tokenizer, TokenizerError, KNOWN_VOCABS};
 use std::time::Instant;
 
 fn shared(rel: &str) -> std::path::PathBuf {
@@ -56,7 +56,10 @@ fn vectors(vocab: &str) -> Vec<(String, Vec<u32>)> {
 }
 
 fn check_vectors(vocab: &str) {
-    let tok = load(vocab);
+    check_vectors_with(vocab, &load(vocab));
+}
+
+fn check_vectors_with(vocab: &str, tok: &Tokenizer) {
     let cases = vectors(vocab);
     let mut failures = Vec::new();
     let t0 = Instant::now();
@@ -96,6 +99,82 @@ fn llama_spm_vectors() {
 #[test]
 fn llama_bpe_vectors() {
     check_vectors("llama-bpe");
+}
+
+/// The LLaMA-3 vocab file with its metadata as Microsoft's published 2B-4T GGUF has it: no
+/// `tokenizer.ggml.pre` (and, optionally, other keys replaced).
+fn llama_bpe_without_pre(extra: &[(&str, Value)]) -> Gguf {
+    let g = Gguf::open(shared("tokenizers/ggml-vocab-llama-bpe.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        if k != "tokenizer.ggml.pre" && !extra.iter().any(|(e, _)| e == k) {
+            w.kv(k, v.clone());
+        }
+    }
+    for (k, v) in extra {
+        w.kv(k, v.clone());
+    }
+    Gguf::from_bytes(w.to_bytes(|_, _| Ok(())).unwrap()).unwrap()
+}
+
+#[test]
+fn the_llama3_fingerprint_is_llama_cpps_llama3_vocab() {
+    let g = Gguf::open(shared("tokenizers/ggml-vocab-llama-bpe.gguf")).unwrap();
+    let strs = |k: &str| -> Vec<String> {
+        g.get_array(k)
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let types: Vec<i32> = g
+        .get_array("tokenizer.ggml.token_type")
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    let fp = vocab_fingerprint(
+        &strs("tokenizer.ggml.tokens"),
+        &types,
+        &strs("tokenizer.ggml.merges"),
+    );
+    assert_eq!(
+        KNOWN_VOCABS.iter().find(|(f, _)| *f == fp).map(|k| k.1),
+        Some("llama-bpe"),
+        "{fp}"
+    );
+}
+
+#[test]
+fn a_llama3_vocab_without_the_pre_key_is_recognised_and_tokenizes_identically() {
+    let g = llama_bpe_without_pre(&[]);
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    let (pre, source) = tok.pre_tokenizer().unwrap();
+    assert_eq!(pre, "llama-bpe");
+    assert!(matches!(source, PreSource::Fingerprint(f) if f == KNOWN_VOCABS[0].0));
+    assert!(tok.pre_note().unwrap().contains("llama-bpe"));
+    check_vectors_with("llama-bpe", &tok);
+    // The file's own key gives no note; an override wins and says so.
+    assert_eq!(load("llama-bpe").pre_note(), None);
+    let o = Tokenizer::from_gguf_with(&g, Some("gpt-2")).unwrap();
+    assert_eq!(o.pre_tokenizer().unwrap(), ("gpt-2", &PreSource::Override));
+}
+
+#[test]
+fn an_unknown_vocab_without_the_pre_key_names_the_override() {
+    // One merge fewer: a different vocabulary, never split with a guessed pre-tokenizer.
+    let g0 = Gguf::open(shared("tokenizers/ggml-vocab-llama-bpe.gguf")).unwrap();
+    let merges = g0.get_array("tokenizer.ggml.merges").unwrap().unwrap();
+    let fewer = Value::strings(merges[1..].iter().map(|v| v.as_str().unwrap().to_string()));
+    let g = llama_bpe_without_pre(&[("tokenizer.ggml.merges", fewer)]);
+    let e = Tokenizer::from_gguf(&g).unwrap_err();
+    assert!(matches!(e, TokenizerError::UnknownVocab(_)), "{e}");
+    assert!(e.to_string().contains("--tokenizer-pre"), "{e}");
+    // Naming it works.
+    let tok = Tokenizer::from_gguf_with(&g, Some("llama-bpe")).unwrap();
+    assert_eq!(tok.pre_tokenizer().unwrap().0, "llama-bpe");
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! Converters that write `bitnet` GGUF files: [`llama2c`] (bitllama2.c checkpoints) and
-//! [`synth`] (deterministic synthetic models of real shapes). Both describe their model as a
+//! Converters that write `bitnet` GGUF files: [`llama2c`] (bitllama2.c checkpoints), [`hf`]
+//! (Hugging Face `BitNetForCausalLM` checkpoints) and [`synth`] (deterministic synthetic
+//! models of real shapes). Both describe their model as a
 //! [`Config`], a [`Vocab`] and ternary matrices, and share [`write_bitnet`].
 
+pub mod hf;
 pub mod llama2c;
 pub mod sentencepiece;
 pub mod synth;
@@ -64,6 +66,14 @@ impl WeightFormat {
             Self::F32 => TensorType::F32,
         }
     }
+    /// The column multiple the format packs in (TL2's is checked by its tiling).
+    pub fn block(self) -> usize {
+        match self {
+            Self::I2S => i2s::BLOCK,
+            Self::TQ2_0 | Self::TQ1_0 => tq::QK,
+            Self::TL2 | Self::F32 => 1,
+        }
+    }
     /// `general.file_type` (llama.cpp's ftype numbering; I2_S = 40).
     fn file_type(self) -> u32 {
         match self {
@@ -108,6 +118,50 @@ impl FloatFormat {
                 .collect(),
         }
     }
+}
+
+/// Storage for token embeddings and an untied output head: a float format or Q8_0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbedFormat {
+    Float(FloatFormat),
+    Q8_0,
+}
+
+impl EmbedFormat {
+    pub fn parse(s: &str) -> Result<Self, ConvertError> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" => Ok(Self::Q8_0),
+            other => FloatFormat::parse(other).map(Self::Float).map_err(|_| {
+                ConvertError::Usage(format!("unknown embedding format {s:?} (f16, f32, q8_0)"))
+            }),
+        }
+    }
+    pub fn tensor_type(self) -> TensorType {
+        match self {
+            Self::Float(f) => f.tensor_type(),
+            Self::Q8_0 => TensorType::Q8_0,
+        }
+    }
+    fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            Self::Float(f) => f.encode(v),
+            Self::Q8_0 => encode_q8_0(v),
+        }
+    }
+}
+
+/// ggml's Q8_0: blocks of 32 values, each an f16 scale d = max|x| / 127 and 32 int8
+/// round(x / d) (half away from zero, as ggml's `roundf`). `v.len()` is a multiple of 32.
+pub fn encode_q8_0(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() / 32 * 34);
+    for b in v.chunks_exact(32) {
+        let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(b.iter().map(|x| (x * id).round() as i8 as u8));
+    }
+    out
 }
 
 /// A ternary matrix (values -1/0/+1, row-major rows x cols) with one scale.
@@ -170,6 +224,10 @@ pub struct Vocab {
     pub unk: Option<u32>,
     pub add_bos: bool,
     pub add_space_prefix: Option<bool>,
+    /// End of turn (`<|eot_id|>`), written as `tokenizer.ggml.eot_token_id`.
+    pub eot: Option<u32>,
+    /// Written as `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
 }
 
 impl Vocab {
@@ -186,6 +244,8 @@ impl Vocab {
             unk: m.unk,
             add_bos: true,
             add_space_prefix: Some(m.add_dummy_prefix),
+            eot: None,
+            chat_template: None,
         }
     }
 
@@ -243,6 +303,8 @@ impl Vocab {
             unk: id("tokenizer.ggml.unknown_token_id")?,
             add_bos: g.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true),
             add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix")?,
+            eot: id("tokenizer.ggml.eot_token_id")?,
+            chat_template: g.get_str("tokenizer.chat_template")?.map(str::to_string),
             model,
             tokens,
             scores,
@@ -277,7 +339,12 @@ impl Vocab {
                 Value::strings(self.merges.iter().cloned()),
             );
         }
-        for (k, v) in [("bos", self.bos), ("eos", self.eos), ("unknown", self.unk)] {
+        for (k, v) in [
+            ("bos", self.bos),
+            ("eos", self.eos),
+            ("unknown", self.unk),
+            ("eot", self.eot),
+        ] {
             if let Some(v) = v {
                 w.kv(&format!("tokenizer.ggml.{k}_token_id"), Value::U32(v));
             }
@@ -286,6 +353,9 @@ impl Vocab {
         w.kv("tokenizer.ggml.add_eos_token", Value::Bool(false));
         if let Some(p) = self.add_space_prefix {
             w.kv("tokenizer.ggml.add_space_prefix", Value::Bool(p));
+        }
+        if let Some(t) = &self.chat_template {
+            w.kv("tokenizer.chat_template", Value::String(t.clone()));
         }
     }
 }
@@ -323,6 +393,28 @@ impl<'a> BitnetTensors<'a> {
             ty: fmt.tensor_type(),
             data: Box::new(move || Ok(fmt.encode(&data()))),
         });
+    }
+    /// Token embeddings or an output head in `fmt` (Q8_0 needs rows of whole blocks).
+    pub fn embedding(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        fmt: EmbedFormat,
+        data: impl FnOnce() -> Vec<f32> + 'a,
+    ) -> Result<(), ConvertError> {
+        if fmt == EmbedFormat::Q8_0 && !dims[0].is_multiple_of(32) {
+            return Err(ConvertError::Usage(format!(
+                "{name}: rows of {} values are not whole Q8_0 blocks of 32; use --embedding f16",
+                dims[0]
+            )));
+        }
+        self.tensors.push(TensorSpec {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ty: fmt.tensor_type(),
+            data: Box::new(move || Ok(fmt.encode(&data()))),
+        });
+        Ok(())
     }
     pub fn ternary(
         &mut self,

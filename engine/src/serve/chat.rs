@@ -43,6 +43,13 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether `template` is the placeholder BitNet's GGUF converter writes for every `bitnet`
+/// model ("Human: {content}\n\nBITNETAssistant: "): no model was trained on it; BitNet.cpp's
+/// own llama.cpp fork recognises it by the `BITNET` text and formats `bitnet` turns instead.
+pub fn is_bitnet_placeholder(template: &str) -> bool {
+    template.contains("BITNETAssistant")
+}
+
 /// A compiled template plus the special-token texts it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,

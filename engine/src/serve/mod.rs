@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Default: the model's `tokenizer.chat_template`, else chatml.
     #[arg(long)]
     pub chat_template: Option<String>,
+    /// The BPE pre-tokenizer (the global `--tokenizer-pre`, set by the CLI).
+    #[arg(skip)]
+    pub tokenizer_pre: Option<String>,
     /// Model id reported by /v1/models (default: the file name without extension).
     #[arg(long)]
     pub alias: Option<String>,
@@ -294,7 +297,10 @@ async fn prometheus(State(app): State<Arc<App>>) -> Response {
 /// Loads the model, tokenizer and chat template.
 fn load(opts: &ServeArgs) -> Result<Loaded> {
     let file = Arc::new(crate::gguf::Gguf::open(&opts.model)?);
-    let tok = Tokenizer::from_gguf(&file)?;
+    let tok = Tokenizer::from_gguf_with(&file, opts.tokenizer_pre.as_deref())?;
+    if let Some(note) = tok.pre_note() {
+        eprintln!("bitnet serve: {note}");
+    }
     let gguf_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
     let mut model = Model::from_gguf(file)?;
     if let Some(t) = opts.threads {
@@ -306,6 +312,15 @@ fn load(opts: &ServeArgs) -> Result<Loaded> {
             path.clone(),
             std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
         ),
+        // BitNet's GGUF converter writes a placeholder ("Human: ... BITNETAssistant: "), not
+        // the format the model was trained on: use the release's own (its tokenizer_config.json,
+        // the built-in `bitnet`: "Role: content<|eot_id|>" turns, then "Assistant: ").
+        (None, Some(t)) if chat::is_bitnet_placeholder(&t) => {
+            eprintln!(
+                "bitnet serve: note: the file's chat template is BitNet's converter placeholder; using the trained format (built-in `bitnet`, turns end with <|eot_id|>; --chat-template overrides)"
+            );
+            ("bitnet".to_string(), "bitnet".to_string())
+        }
         (None, Some(t)) => ("gguf".to_string(), t),
         (None, None) => ("chatml".to_string(), "chatml".to_string()),
     };

@@ -28,6 +28,8 @@ pub enum TokenizerError {
     UnsupportedModel(String),
     #[error("unsupported BPE pre-tokenizer {0:?} (supported: llama-bpe, llama3, llama-v3, dbrx, smaug-bpe, gpt-2, phi-2, mpt, olmo, jais)")]
     UnsupportedPre(String),
+    #[error("the file has no tokenizer.ggml.pre and its vocabulary (fingerprint {0}) is not one this engine recognises; name the pre-tokenizer with --tokenizer-pre NAME (llama-bpe, gpt-2, ...) rather than guess a split")]
+    UnknownVocab(String),
     #[error("bad tokenizer metadata: {0}")]
     BadMetadata(String),
     #[error("token id {id} is out of range (the vocabulary has {vocab} tokens)")]
@@ -146,6 +148,8 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
+    /// A `gpt2` vocabulary's pre-tokenizer and its source.
+    pre: Option<(String, PreSource)>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -158,6 +162,53 @@ impl fmt::Debug for Tokenizer {
             .field("add_bos", &self.add_bos)
             .finish()
     }
+}
+
+/// Vocabularies recognised by [`vocab_fingerprint`] when a `gpt2` file has no
+/// `tokenizer.ggml.pre` (Microsoft's published BitNet b1.58 2B-4T GGUF lacks it): (fingerprint,
+/// pre-tokenizer). llama.cpp's converter identifies vocabularies the same way (its `chkhsh`,
+/// which hashes a tokenization; a GGUF holds no tokenizer to run, so this hashes the
+/// vocabulary itself). The LLaMA-3 entry is checked against llama.cpp's LLaMA-3 vocab file in
+/// `tests/tokenizer_vectors.rs`.
+pub const KNOWN_VOCABS: &[(&str, &str)] = &[(
+    "9edd1a52ede06e72ea1b583237b8aed391787a638ca1de911b02f7815d14b496",
+    "llama-bpe",
+)];
+
+/// sha256 (hex) of a BPE vocabulary: the text of every normal token (type 1, or every token
+/// when the file gives no types), each followed by a NUL, a 0x01 byte, then every merge
+/// followed by a NUL. Control and user-defined tokens are left out: releases of one
+/// vocabulary differ in how they name their reserved specials.
+pub fn vocab_fingerprint<T: AsRef<str>, M: AsRef<str>>(
+    tokens: &[T],
+    types: &[i32],
+    merges: &[M],
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if types.get(i).is_none_or(|&ty| ty == 1) {
+            h.update(t.as_ref().as_bytes());
+            h.update([0u8]);
+        }
+    }
+    h.update([1u8]);
+    for m in merges {
+        h.update(m.as_ref().as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a `gpt2` tokenizer's pre-tokenizer came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreSource {
+    /// The file's `tokenizer.ggml.pre`.
+    Key,
+    /// The caller's override (`--tokenizer-pre`).
+    Override,
+    /// The file has no key; the vocabulary's fingerprint is a known one.
+    Fingerprint(String),
 }
 
 /// (pre-tokenizer, ignore_merges, default add_bos) of a `gpt2` vocabulary, per llama.cpp.
@@ -197,16 +248,17 @@ fn array<'g, T>(
 impl Tokenizer {
     /// Builds the tokenizer described by a GGUF's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Self::from_gguf_with(g, None)
+    }
+
+    /// [`Tokenizer::from_gguf`], with the pre-tokenizer of a `gpt2` vocabulary named by the
+    /// caller (it wins over the file's key). Without either, a vocabulary whose
+    /// [`vocab_fingerprint`] is in [`KNOWN_VOCABS`] gets its pre-tokenizer
+    /// ([`Tokenizer::pre_tokenizer`] says so); any other is [`TokenizerError::UnknownVocab`].
+    pub fn from_gguf_with(g: &Gguf, pre_override: Option<&str>) -> Result<Self> {
         let model = g
             .get_str("tokenizer.ggml.model")?
             .ok_or(TokenizerError::MissingModel)?;
-        let pre = g.get_str("tokenizer.ggml.pre")?;
-        // llama.cpp's defaults when the keys are absent.
-        let (default_bos, default_eos, default_unk, default_add_bos) = match model {
-            "llama" => (Some(1), Some(2), Some(0), true),
-            "gpt2" => (Some(11), Some(11), None, bpe_pre(pre)?.2),
-            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
-        };
         let tokens = array(g, "tokenizer.ggml.tokens", "a string", Value::as_str)?
             .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
         let scores = array(g, "tokenizer.ggml.scores", "a number", |v| {
@@ -221,6 +273,24 @@ impl Tokenizer {
             "gpt2" => array(g, "tokenizer.ggml.merges", "a string", Value::as_str)?
                 .ok_or_else(|| bad("tokenizer.ggml.merges is missing".into()))?,
             _ => Vec::new(),
+        };
+        let (pre, pre_source) = match (pre_override, g.get_str("tokenizer.ggml.pre")?) {
+            (Some(p), _) => (Some(p), Some(PreSource::Override)),
+            (None, Some(p)) => (Some(p), Some(PreSource::Key)),
+            (None, None) if model == "gpt2" => {
+                let fp = vocab_fingerprint(&tokens, &types, &merges);
+                match KNOWN_VOCABS.iter().find(|(f, _)| *f == fp) {
+                    Some(&(_, name)) => (Some(name), Some(PreSource::Fingerprint(fp))),
+                    None => return Err(TokenizerError::UnknownVocab(fp)),
+                }
+            }
+            (None, None) => (None, None),
+        };
+        // llama.cpp's defaults when the keys are absent.
+        let (default_bos, default_eos, default_unk, default_add_bos) = match model {
+            "llama" => (Some(1), Some(2), Some(0), true),
+            "gpt2" => (Some(11), Some(11), None, bpe_pre(pre)?.2),
+            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
 
         let n = tokens.len();
@@ -261,7 +331,26 @@ impl Tokenizer {
             add_eos: g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
             add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix")?,
         };
-        Self::build(parts)
+        let mut tok = Self::build(parts)?;
+        tok.pre = pre.zip(pre_source).map(|(p, s)| (p.to_string(), s));
+        Ok(tok)
+    }
+
+    /// The pre-tokenizer of a `gpt2` vocabulary and where it came from (`None` for `llama`).
+    pub fn pre_tokenizer(&self) -> Option<(&str, &PreSource)> {
+        self.pre.as_ref().map(|(p, s)| (p.as_str(), s))
+    }
+
+    /// One line for stderr when the pre-tokenizer was not the file's own key.
+    pub fn pre_note(&self) -> Option<String> {
+        match self.pre_tokenizer()? {
+            (p, PreSource::Fingerprint(fp)) => Some(format!(
+                "note: the file has no tokenizer.ggml.pre; its vocabulary (fingerprint {}...) is a known {p} vocabulary, so the {p} pre-tokenizer is used (--tokenizer-pre overrides)",
+                &fp[..16]
+            )),
+            (p, PreSource::Override) => Some(format!("note: pre-tokenizer {p} (--tokenizer-pre)")),
+            (_, PreSource::Key) => None,
+        }
     }
 
     /// Builds a tokenizer from already-extracted arrays (for converters). `scores` and `types`
@@ -389,6 +478,7 @@ impl Tokenizer {
             add_bos: p.add_bos,
             add_eos: p.add_eos,
             add_space_prefix: p.add_space_prefix.unwrap_or(is_spm),
+            pre: None,
         })
     }
 
