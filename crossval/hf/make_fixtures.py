@@ -86,17 +86,17 @@ User: What is the capital of France?
 Assistant: The capital of France is Paris.
 """
 
-SENTENCE = "The fox carried the bright lantern home, and the model answered 42 questions."
+SENTENCE = "Hello, who are you? The fox found 2024 lanterns"  # 20 tokens with BOS (size budget)
 CHAT_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Hello, who are you?"},
 ]
 
 SHAPES = {
-    "a": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-              intermediate_size=128, seed=1234),
-    "b": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-              intermediate_size=256, seed=5678),
+    "a": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+              intermediate_size=256, seed=41),
+    "b": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+              intermediate_size=512, seed=36),
 }
 # layout name -> (linear_class, quantization_mode)
 LAYOUTS = {
@@ -107,11 +107,13 @@ LAYOUTS = {
 QUANT_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARDED = {("bitlinear", "b")}
 SHARD_SIZE = "150KB"  # bitlinear-b is ~200 KB: embeddings (131 KB) + part of layer 0, then the rest
+# Seeds were picked (by a one-off search) so that every layout has all top-2 margins >= 0.1
+# on the oracle tokens and a non-constant greedy continuation.
 # Random-init scales: embeddings give logits a std of ~EMB_LOGIT_STD; linear weights are large
 # enough that the (sub-normed) layer outputs dominate the residual stream, so the logits depend
 # on the context and not just on the current token.
-EMB_LOGIT_STD = 3.0
-LIN_STD = (0.02, 0.06)
+EMB_LOGIT_STD = 4.0
+LIN_STD = (0.1, 0.3)
 GREEDY_PROMPT_LEN = 8
 GREEDY_NEW = 12
 
@@ -261,7 +263,7 @@ def save_checkpoint(d: Path, cfg: BitNetConfig, sd: dict, sharded: bool, legacy_
     for k, v in sd.items():
         assert written[k].dtype == v.dtype and torch.equal(written[k], v), k
     if sharded:
-        assert len(files) == 2 and (d / "model.safetensors.index.json").exists(), files
+        assert len(files) >= 2 and (d / "model.safetensors.index.json").exists(), files
     if legacy_config:
         # Rewrite config.json the way the real microsoft/bitnet-b1.58-2B-4T config looks
         # (top-level rope_theta, torch_dtype); transformers must still accept it.
@@ -311,6 +313,17 @@ def load_f32(d: Path, ids):
 @torch.no_grad()
 def logits_of(model, ids) -> torch.Tensor:
     return model(torch.tensor([ids])).logits[0]
+
+
+def compact_json(obj) -> str:
+    """indent=1 JSON, but lists of scalars and small dicts on one line (keeps meta.json small)."""
+    if isinstance(obj, dict) and any(isinstance(v, (dict, list)) for v in obj.values()) or (
+            isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj)):
+        if isinstance(obj, dict):
+            items = [f"{json.dumps(k)}: {compact_json(v)}" for k, v in obj.items()]
+            return "{\n" + ",\n".join(items) + "\n}"
+        return "[\n" + ",\n".join(compact_json(v) for v in obj) + "\n]"
+    return json.dumps(obj)
 
 
 def write_logits(path: Path, x: torch.Tensor, np_dtype):
@@ -367,6 +380,80 @@ class PureF64:
     def __exit__(self, *exc):
         (hf_modeling.BitNetRMSNorm.forward, hf_modeling.BitNetRotaryEmbedding.forward,
          hf_bitnet.WeightQuant, hf_bitnet.ActQuant) = self.saved
+
+
+TIE_EPS = 1e-4  # |x*s - (k + 0.5)| below this counts as a rounding near-tie
+
+
+def reference_forward(d: Path, ids, dtype, ties=None) -> torch.Tensor:
+    """Independent re-implementation of the forward pass from the files alone, written from
+    SEMANTICS.md (not from transformers' modules): checks those facts against the oracle.
+    If `ties` is a list, rounding near-ties of the quantizers are appended to it."""
+    cfg = json.loads((d / "config.json").read_text())
+    qc = cfg["quantization_config"]
+    theta = cfg["rope_theta"] if "rope_theta" in cfg else cfg["rope_parameters"]["rope_theta"]
+    eps, H, KV = cfg["rms_norm_eps"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg["hidden_size"] // H
+    t = {}
+    for f in sorted(d.glob("*.safetensors")):
+        with safetensors.safe_open(str(f), "pt") as fh:
+            t.update({k: fh.get_tensor(k) for k in fh.keys()})
+    f = lambda k: t[k].to(dtype)  # noqa: E731
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    def linear(x, p):
+        sx = 127.0 / x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+        xq = (x * sx).round().clamp(-128, 127)
+        if ties is not None:
+            xs = x * sx
+            for pos, ch in ((xs - xs.floor() - 0.5).abs() < TIE_EPS).nonzero().tolist():
+                ties.append({"linear": p, "what": "activation", "pos": pos, "ch": ch,
+                             "x_times_scale": round(xs[pos, ch].item(), 9)})
+        w = t[p + ".weight"]
+        if qc["linear_class"] == "bitlinear":
+            rows = w.shape[0]
+            tern = torch.empty(rows * 4, w.shape[1], dtype=dtype)
+            for i in range(4):  # bit pair i of byte [r, c] is output row i*rows + r
+                tern[i * rows:(i + 1) * rows] = ((w >> (2 * i)) & 3).to(dtype) - 1
+            return (xq @ tern.T) / (f(p + ".weight_scale") * sx)
+        if qc["quantization_mode"] == "offline":
+            return ((xq / sx) @ w.to(dtype).T) * f(p + ".weight_scale")
+        w = w.to(dtype)
+        sw = 1.0 / w.abs().mean().clamp(min=1e-5)
+        if ties is not None:
+            ws = w * sw
+            for r, c in (((ws - ws.floor() - 0.5).abs() < TIE_EPS) & (ws.abs() < 1.5)).nonzero().tolist():
+                ties.append({"linear": p, "what": "weight", "row": r, "col": c,
+                             "w_times_scale": round(ws[r, c].item(), 9)})
+        return (xq / sx) @ ((w * sw).round().clamp(-1, 1) / sw).T
+
+    n = len(ids)
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    ang = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = torch.cat([ang.cos()] * 2, -1).to(dtype), torch.cat([ang.sin()] * 2, -1).to(dtype)
+
+    def rope(x):  # x [heads, n, hd]; rotate_half convention (first half / second half)
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    x = f("model.embed_tokens.weight")[torch.tensor(ids)]
+    mask = torch.full((n, n), float("-inf"), dtype=dtype).triu(1)
+    for li in range(cfg["num_hidden_layers"]):
+        pre = f"model.layers.{li}."
+        h = rms(x, f(pre + "input_layernorm.weight"))
+        q = rope(linear(h, pre + "self_attn.q_proj").view(n, H, hd).transpose(0, 1))
+        k = rope(linear(h, pre + "self_attn.k_proj").view(n, KV, hd).transpose(0, 1))
+        v = linear(h, pre + "self_attn.v_proj").view(n, KV, hd).transpose(0, 1)
+        k, v = k.repeat_interleave(H // KV, 0), v.repeat_interleave(H // KV, 0)  # q head j uses kv head j // (H/KV)
+        att = torch.softmax(q @ k.transpose(1, 2) / hd ** 0.5 + mask, -1) @ v
+        att = rms(att.transpose(0, 1).reshape(n, H * hd), f(pre + "self_attn.attn_sub_norm.weight"))
+        x = x + linear(att, pre + "self_attn.o_proj")
+        h = rms(x, f(pre + "post_attention_layernorm.weight"))
+        a = torch.relu(linear(h, pre + "mlp.gate_proj")).square() * linear(h, pre + "mlp.up_proj")
+        x = x + linear(rms(a, f(pre + "mlp.ffn_sub_norm.weight")), pre + "mlp.down_proj")
+    return rms(x, f("model.norm.weight")) @ f("model.embed_tokens.weight").T
 
 
 def describe_model(model) -> dict:
@@ -430,9 +517,12 @@ def main():
             if quirk:
                 info["load_quirk"] = quirk
             l32 = logits_of(model, ids)
+            # greedy continuation that does not stop at EOS (min_new_tokens would mask EOS instead)
+            model.generation_config.eos_token_id = None
             greedy = model.generate(torch.tensor([ids[:GREEDY_PROMPT_LEN]]), max_new_tokens=GREEDY_NEW,
-                                    min_new_tokens=GREEDY_NEW, do_sample=False, use_cache=True,
+                                    do_sample=False, use_cache=True,
                                     pad_token_id=EOS_ID)[0, GREEDY_PROMPT_LEN:].tolist()
+            assert len(greedy) == GREEDY_NEW
             # the greedy tokens must agree with a teacher-forced (no cache) argmax
             seq = ids[:GREEDY_PROMPT_LEN] + greedy
             tf_arg = logits_of(model, seq)[GREEDY_PROMPT_LEN - 1:-1].argmax(-1).tolist()
@@ -445,6 +535,10 @@ def main():
                 l64_pure = logits_of(model64, ids)
             del model, model64
 
+            ties = []
+            with torch.no_grad():
+                ref64 = reference_forward(d, ids, torch.float64, ties)
+                ref32 = reference_forward(d, ids, torch.float32)
             write_logits(d / "logits_f32.bin", l32, "<f4")
             write_logits(d / "logits_f64.bin", l64, "<f8")
             margins = top2_margins(l32)
@@ -460,7 +554,9 @@ def main():
                 "shape": {k: v for k, v in shape.items() if k != "seed"}, "seed": shape["seed"],
                 "config_style": "legacy top-level rope_theta/torch_dtype" if legacy else "transformers-5 rope_parameters/dtype",
                 "versions": versions,
-                "oracle": "BitNetForCausalLM.from_pretrained(dir, dtype=torch.float32)(input_ids).logits, teacher-forced, no attention_mask",
+                "oracle": ("BitNetForCausalLM.from_pretrained(dir, dtype=torch.float32)" if not quirk else
+                           "BitNetForCausalLM.from_pretrained(dir, dtype=torch.bfloat16).to(torch.float32)")
+                + "(input_ids).logits, teacher-forced, batch 1, no attention_mask; f64 file: same model .double()",
                 "env": {"TORCH_COMPILE_DISABLE": os.environ.get("TORCH_COMPILE_DISABLE")},
                 "loaded_model": info,
                 "n_tokens": len(ids), "n_vocab": VOCAB,
@@ -468,26 +564,38 @@ def main():
                 "max_abs_f32_minus_f64": d32,
                 "max_abs_f32_minus_f64_pure": d32p,
                 "max_abs_f64_minus_f64_pure": (l64 - l64_pure).abs().max().item(),
+                "max_abs_reference_f64_minus_f64_pure": (ref64 - l64_pure).abs().max().item(),
+                "max_abs_reference_f32_minus_f32": (ref32 - l32).abs().max().item(),
+                "per_position_max_abs_f32_minus_f64_pure": [
+                    round(v, 9) for v in (l32.double() - l64_pure).abs().amax(-1).tolist()],
+                "quant_near_ties": ties,
+                "first_fragile_position": min([x["pos"] for x in ties if "pos" in x] + [len(ids)])
+                if not any(x["what"] == "weight" for x in ties) else 0,
+                "near_tie_note": f"int8/ternary rounding inputs within {TIE_EPS} of k+0.5 (f64 reference); an "
+                                 "engine whose float rounding differs may round these the other way, which changes "
+                                 "logits at that position and all later ones (via attention) by up to ~0.3-0.6",
+                "reference_note": "reference_* = independent forward in make_fixtures.py written from SEMANTICS.md",
                 "top2_margins": [round(m, 6) for m in margins],
                 "min_top2_margin": min(margins),
                 "argmax": l32.argmax(-1).tolist(),
                 "greedy": {"prompt_ids": ids[:GREEDY_PROMPT_LEN], "new_ids": greedy,
                            "top2_margins": [round(m, 6) for m in greedy_margins],
-                           "how": "model.generate(do_sample=False, use_cache=True), float32; equals teacher-forced argmax"},
+                           "how": "model.generate(do_sample=False, use_cache=True, EOS not a stop token), float32; equals teacher-forced argmax"},
                 "chat": {"messages": CHAT_MESSAGES, "add_generation_prompt": True, "text": chat_text,
                          "ids_without_bos": chat_ids},
             }
-            (d / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+            (d / "meta.json").write_text(compact_json(meta) + "\n")
             size = sum(f.stat().st_size for f in d.iterdir())
-            summary.append((name, size, d32, d32p, min(margins), sum(m > 0.5 for m in margins), len(margins),
+            summary.append((name, size, d32, d32p, len(ties), (ref64 - l64_pure).abs().max().item(),
+                            (ref32 - l32).abs().max().item(), min(margins), sum(m > 0.5 for m in margins), len(margins),
                             info["q_proj_class"], info["q_proj_weight_dtype"]))
 
     print(f"versions: {json.dumps(versions)}")
     print(f"tokens ({len(ids)}): {ids}")
-    print(f"{'fixture':28s} {'bytes':>8s} {'max|f32-f64|':>13s} {'vs pure f64':>12s} {'min margin':>10s} "
+    print(f"{'fixture':28s} {'bytes':>8s} {'max|f32-f64|':>13s} {'vs pure f64':>12s} {'ties':>5s} {'ref64-pure':>10s} {'ref32-f32':>10s} {'min margin':>10s} "
           f"{'>0.5':>6s}  module/weight dtype")
-    for n, s, a, b, m, k, t, c, wd in summary:
-        print(f"{n:28s} {s:8d} {a:13.3e} {b:12.3e} {m:10.4f} {k:3d}/{t:<3d} {c}/{wd}")
+    for n, s, a, b, nt, r64, r32, m, k, t, c, wd in summary:
+        print(f"{n:28s} {s:8d} {a:13.3e} {b:12.3e} {nt:5d} {r64:10.2e} {r32:10.2e} {m:10.4f} {k:3d}/{t:<3d} {c}/{wd}")
     for shape_name, by in logits_by_shape.items():
         names = list(by)
         for i in range(len(names)):

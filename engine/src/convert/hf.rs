@@ -153,6 +153,11 @@ impl HfConfig {
             .as_f64()
             .or_else(|| c["rope_parameters"]["rope_theta"].as_f64())
             .unwrap_or(10000.0) as f32;
+        if c["quantization_config"]["use_rms_norm"].as_bool() == Some(true) {
+            return Err(bad(
+                "config.json: quantization_config.use_rms_norm = true (an extra RMSNorm inside every BitLinear) is not supported",
+            ));
+        }
         if let Some(t) = c["rope_scaling"].as_object() {
             return Err(bad(format!(
                 "config.json: rope_scaling {t:?} is not supported"
@@ -194,7 +199,8 @@ impl HfConfig {
             rope_theta,
             norm_eps,
             activation,
-            tied: c["tie_word_embeddings"].as_bool().unwrap_or(true),
+            // BitNetConfig's default is untied.
+            tied: c["tie_word_embeddings"].as_bool().unwrap_or(false),
             layout,
             bos: c["bos_token_id"].as_u64().map(|v| v as u32),
             eos: ids(c.get("eos_token_id")),
@@ -446,7 +452,7 @@ pub fn ternary(
         }
         Layout::AutoOnline => {
             let f = floats(&name, dtype, bytes)?;
-            let w = absmean_ternary(&f, dtype);
+            let w = absmean_ternary(&f);
             (w.0, w.1)
         }
     };
@@ -463,23 +469,19 @@ pub fn ternary(
     })
 }
 
-/// transformers' `WeightQuant` on a float tensor: `s = 1 / clamp(mean|W|, 1e-5)`,
-/// value = clamp(round(W x s), -1, 1), scale = 1 / s. For a BF16 tensor each step rounds to
-/// BF16 as torch computes it in the tensor's dtype (the mean is accumulated in f32).
-pub fn absmean_ternary(w: &[f32], dtype: Dtype) -> (Vec<i8>, f32) {
-    let in_dtype = |x: f32| match dtype {
-        Dtype::BF16 => bf16::from_f32(x).to_f32(),
-        Dtype::F16 => f16::from_f32(x).to_f32(),
-        _ => x,
-    };
+/// transformers' `WeightQuant` on a float tensor, computed in f32 as it does:
+/// `s = 1 / max(mean|W|, 1e-5)`, value = clamp(round_half_even(W x s), -1, 1), scale `1 / s`
+/// (transformers casts `value / s` to the compute dtype; the scale is kept in f32, as an
+/// f32 run of transformers computes it, whatever the file's dtype).
+pub fn absmean_ternary(w: &[f32]) -> (Vec<i8>, f32) {
     let sum: f64 = w.iter().map(|&x| x.abs() as f64).sum();
-    let mean = in_dtype((sum / w.len().max(1) as f64) as f32).max(1e-5);
-    let s = in_dtype(1.0 / mean);
+    let mean = ((sum / w.len().max(1) as f64) as f32).max(1e-5);
+    let s = 1.0 / mean;
     let values = w
         .iter()
-        .map(|&x| round_even(in_dtype(x * s)).clamp(-1.0, 1.0) as i8)
+        .map(|&x| round_even(x * s).clamp(-1.0, 1.0) as i8)
         .collect();
-    (values, in_dtype(1.0 / s))
+    (values, 1.0 / s)
 }
 
 /// The tokenizer of `tokenizer.json` + `tokenizer_config.json` as GGUF metadata.
