@@ -653,6 +653,7 @@ fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Resul
         return Ok(());
     }
     let tok = Tokenizer::from_gguf_with(&g, pre)?;
+    let g_template = g.get_str("tokenizer.chat_template")?.map(str::to_string);
     let model = Model::from_gguf(g)?;
     let c = &model.config;
     // What was inferred rather than read, and why.
@@ -668,6 +669,15 @@ fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Resul
         ),
         None => {}
     }
+    let template = g_template.as_deref();
+    println!(
+        "chat template: {}",
+        match template {
+            Some(t) if crate::serve::chat::is_bitnet_placeholder(t) => "BitNet's converter placeholder (Human:/BITNETAssistant:), not the trained format: `bitnet serve` uses the built-in `bitnet` (Role: content<|eot_id|> turns) instead",
+            Some(_) => "the file's tokenizer.chat_template (Jinja)",
+            None => "none in the file (`bitnet serve` defaults to chatml)",
+        }
+    );
     println!(
         "output head: {}",
         if model.tied_output {

@@ -391,6 +391,10 @@ fn the_published_2b4t_layout_runs_in_every_command() {
     );
     assert!(so.contains("pre-tokenizer: llama-bpe (inferred"), "{so}");
     assert!(so.contains("output head: tied"), "{so}");
+    assert!(
+        so.contains("chat template: BitNet's converter placeholder"),
+        "{so}"
+    );
     assert!(so.contains("(relu2)"), "{so}");
 
     // Tokenization equals llama.cpp's vectors (no BOS, special text as plain text).
