@@ -17,13 +17,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const PKG: &str = "bitnet-cpp-sys-0.0.5";
-/// sha256 of `bitnet-cpp-sys-0.0.5.crate` (equals its `checksum` in Cargo.lock).
-const CRATE_SHA256: &str = "be00ca9092d4cd9c30967e8fa3c001b15d1398d021423f0524afb86c00af51f7";
-/// Digest of the unpacked files we compile or include (see `source_digest`).
-const SOURCE_DIGEST: &str = "dd5845e527e58d96ab11d6c9adf9c76ae4acbb5d75cfe0087b69c72f10c74b50";
+/// A pinned reference: its crates.io package, the sha256 of its `.crate` (equals its
+/// `checksum` in Cargo.lock), the digest of the unpacked files we compile or include (see
+/// `source_digest`), and the directory of BitNet.cpp inside the package.
+struct Ref {
+    pkg: &'static str,
+    crate_sha256: &'static str,
+    source_digest: &'static str,
+    bitnet: &'static str,
+}
 
-const LLAMA: &str = "bitnet/3rdparty/llama.cpp";
+impl Ref {
+    fn llama(&self) -> String {
+        format!("{}/3rdparty/llama.cpp", self.bitnet)
+    }
+}
+
+/// BitNet.cpp of about December 2024, linked into this crate.
+const REF_2024: Ref = Ref {
+    pkg: "bitnet-cpp-sys-0.0.5",
+    crate_sha256: "be00ca9092d4cd9c30967e8fa3c001b15d1398d021423f0524afb86c00af51f7",
+    source_digest: "dd5845e527e58d96ab11d6c9adf9c76ae4acbb5d75cfe0087b69c72f10c74b50",
+    bitnet: "bitnet",
+};
+
+/// The January-2026 BitNet.cpp (new I2_S GEMM/GEMV, arch `bitnet-b1.58` with relu2). Its
+/// ggml_*/llama_* symbols clash with the 2024 ones, so it is linked into its own executable,
+/// `ref2026` (shim/ref2026.cpp), run as a child process. Built without OpenMP (ggml's own
+/// thread pool): the logits are bit-identical to its OpenMP build, and OpenMP's spinning
+/// threads collapse when another process shares the cores.
+const REF_2026: Ref = Ref {
+    pkg: "bitnet-llm-sys-1.0.2",
+    crate_sha256: "3f00c00c792b849b395409483b316ab29d2286ede404321ef966f9a2ccab12d7",
+    source_digest: "300a398db16c26d45be30e5c933b2dfaf75a1dce2d52c86f3a7d7592f6795f42",
+    bitnet: "bitnet.cpp",
+};
 
 const C_SOURCES: &[&str] = &[
     "ggml/src/ggml.c",
@@ -72,22 +100,29 @@ const CXX_FLAGS: &[&str] = &["-std=c++17", "-fpermissive"];
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=shim/shim.cpp");
+    println!("cargo:rerun-if-changed=shim/ref2026.cpp");
     println!("cargo:rerun-if-env-changed=CARGO_HOME");
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    let root = match locate_and_verify() {
-        Ok(r) => r,
+    let located = |r: &Ref| match locate_and_verify(r) {
+        Ok(root) => {
+            let (llama, bitnet) = (root.join(r.llama()), root.join(r.bitnet));
+            let includes: Vec<PathBuf> = LLAMA_INCLUDES
+                .iter()
+                .map(|d| llama.join(d))
+                .chain(BITNET_INCLUDES.iter().map(|d| bitnet.join(d)))
+                .collect();
+            (llama, bitnet, includes)
+        }
         Err(msg) => panic!("\n\nbitnet-crossval: {msg}\n\n"),
     };
-    let llama = root.join(LLAMA);
-    let bitnet = root.join("bitnet");
-    let includes: Vec<PathBuf> = LLAMA_INCLUDES
-        .iter()
-        .map(|d| llama.join(d))
-        .chain(BITNET_INCLUDES.iter().map(|d| bitnet.join(d)))
-        .collect();
 
-    let vendor = vendor_lib(&llama, &bitnet, &includes, &out);
+    let (llama26, bitnet26, includes26) = located(&REF_2026);
+    let exe = ref2026_exe(&llama26, &bitnet26, &includes26, &out);
+    println!("cargo:rustc-env=BITNET_REF2026={}", exe.display());
+
+    let (llama, bitnet, includes) = located(&REF_2024);
+    let vendor = vendor_lib(&REF_2024, &llama, &bitnet, &includes, &out);
     fs::copy(&vendor, out.join("libbitnet_ref_vendor.a")).expect("copy vendor library");
 
     // Our shim: its own small archive, linked before the vendored one.
@@ -125,23 +160,18 @@ fn base_build(includes: &[PathBuf], cpp: bool) -> cc::Build {
     b
 }
 
-/// The vendored ggml + llama + I2_S archive, from the cache or freshly compiled into it.
-fn vendor_lib(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> PathBuf {
-    let key = cache_key();
+/// The cache directory for a build key: `<target>/bitnet-ref-cache/<key>`.
+fn cache_dir(out: &Path, key: &str) -> PathBuf {
     // OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg-hash>/out
-    let cache_root = out
-        .ancestors()
+    out.ancestors()
         .nth(4)
         .map(|p| p.join("bitnet-ref-cache"))
-        .unwrap_or_else(|| out.join("bitnet-ref-cache"));
-    let dir = cache_root.join(&key[..24]);
-    let lib = dir.join("libbitnet_ref_vendor.a");
-    if lib.exists() {
-        return lib;
-    }
+        .unwrap_or_else(|| out.join("bitnet-ref-cache"))
+        .join(&key[..24])
+}
 
-    let t0 = Instant::now();
-    let work = out.join("vendor");
+/// The vendored sources of `r` compiled to objects (C and C++ in parallel).
+fn vendor_objects(llama: &Path, bitnet: &Path, includes: &[PathBuf], work: &Path) -> Vec<PathBuf> {
     let c_files: Vec<PathBuf> = C_SOURCES.iter().map(|f| llama.join(f)).collect();
     let cxx_files: Vec<PathBuf> = CXX_SOURCES
         .iter()
@@ -164,17 +194,70 @@ fn vendor_lib(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> 
             cxx.join().expect("C++ compilation panicked"),
         )
     });
+    c_objs.into_iter().chain(cxx_objs).collect()
+}
+
+/// Copies `from` into the cache as `to`, atomically (builds of other profiles may race).
+fn publish(from: &Path, to: &Path) {
+    let dir = to.parent().expect("cache path has a parent");
+    fs::create_dir_all(dir).expect("create reference cache dir");
+    let tmp = dir.join(format!("publish.{}.tmp", std::process::id()));
+    fs::copy(from, &tmp).expect("copy to cache");
+    fs::rename(&tmp, to).expect("publish into the reference cache");
+}
+
+/// The 2026 reference as the `ref2026` executable, from the cache or freshly built into it.
+fn ref2026_exe(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> PathBuf {
+    let shim = fs::read("shim/ref2026.cpp").expect("read shim/ref2026.cpp");
+    let key = cache_key(&REF_2026, &hex(&Sha256::digest(&shim)));
+    let exe = cache_dir(out, &key).join("ref2026");
+    if exe.exists() {
+        return exe;
+    }
+    let t0 = Instant::now();
+    let work = out.join("ref2026");
+    let mut objs = vendor_objects(llama, bitnet, includes, &work);
+    let mut cli = base_build(includes, true);
+    cli.file("shim/ref2026.cpp").out_dir(work.join("cli"));
+    objs.extend(cli.compile_intermediates());
+    let compiler = base_build(includes, true).get_compiler();
+    let built = work.join("ref2026");
+    let status = compiler
+        .to_command()
+        .arg("-o")
+        .arg(&built)
+        .args(&objs)
+        .args(["-pthread", "-lm"])
+        .status()
+        .expect("run the linker for ref2026");
+    assert!(status.success(), "linking ref2026 failed");
+    publish(&built, &exe);
+    println!(
+        "cargo:warning=compiled the 2026 BitNet.cpp reference (ref2026) in {:.0} s (cached in {})",
+        t0.elapsed().as_secs_f64(),
+        exe.display()
+    );
+    exe
+}
+
+/// The vendored ggml + llama + I2_S archive, from the cache or freshly compiled into it.
+fn vendor_lib(r: &Ref, llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> PathBuf {
+    let key = cache_key(r, "");
+    let dir = cache_dir(out, &key);
+    let lib = dir.join("libbitnet_ref_vendor.a");
+    if lib.exists() {
+        return lib;
+    }
+
+    let t0 = Instant::now();
+    let work = out.join("vendor");
+    let objs = vendor_objects(llama, bitnet, includes, &work);
     cc::Build::new()
-        .objects(c_objs.iter().chain(cxx_objs.iter()))
+        .objects(&objs)
         .cargo_metadata(false)
         .out_dir(&work)
         .compile("bitnet_ref_vendor");
-
-    // Publish atomically: concurrent builds (other profiles) may race for the same key.
-    fs::create_dir_all(&dir).expect("create reference cache dir");
-    let tmp = dir.join(format!("lib.{}.tmp", std::process::id()));
-    fs::copy(work.join("libbitnet_ref_vendor.a"), &tmp).expect("copy to cache");
-    fs::rename(&tmp, &lib).expect("publish cached reference library");
+    publish(&work.join("libbitnet_ref_vendor.a"), &lib);
     println!(
         "cargo:warning=compiled the BitNet.cpp reference (ggml + llama + I2_S) in {:.0} s (cached in {})",
         t0.elapsed().as_secs_f64(),
@@ -183,10 +266,11 @@ fn vendor_lib(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> 
     lib
 }
 
-/// Everything the compiled archive depends on besides the (verified) sources.
-fn cache_key() -> String {
+/// Everything a compiled reference depends on besides the (verified) sources.
+fn cache_key(r: &Ref, extra: &str) -> String {
     let mut h = Sha256::new();
-    h.update(SOURCE_DIGEST.as_bytes());
+    h.update(r.source_digest.as_bytes());
+    h.update(extra.as_bytes());
     h.update(format!(
         "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
         C_SOURCES, CXX_SOURCES, BITNET_SOURCES, DEFINES, COMMON_FLAGS, C_FLAGS, CXX_FLAGS, 3
@@ -234,16 +318,18 @@ fn find_in_registry(home: &Path, kind: &str, name: &str) -> Vec<PathBuf> {
     found
 }
 
-fn locate_and_verify() -> Result<PathBuf, String> {
-    let fetch = "run `cargo fetch` in the workspace (needs network access to crates.io) so that \
-                 cargo downloads and unpacks bitnet-cpp-sys 0.0.5; this build script never uses \
-                 the network";
+fn locate_and_verify(r: &Ref) -> Result<PathBuf, String> {
+    let (pkg, crate_sha256, source_digest_pin) = (r.pkg, r.crate_sha256, r.source_digest);
+    let fetch = format!(
+        "run `cargo fetch` in the workspace (needs network access to crates.io) so that \
+         cargo downloads and unpacks {pkg}; this build script never uses the network"
+    );
     let home =
         cargo_home().ok_or_else(|| format!("neither CARGO_HOME nor HOME is set; {fetch}"))?;
-    let crates = find_in_registry(&home, "cache", &format!("{PKG}.crate"));
+    let crates = find_in_registry(&home, "cache", &format!("{pkg}.crate"));
     if crates.is_empty() {
         return Err(format!(
-            "{PKG}.crate not found under {}/registry/cache/*/: {fetch}",
+            "{pkg}.crate not found under {}/registry/cache/*/: {fetch}",
             home.display()
         ));
     }
@@ -252,7 +338,7 @@ fn locate_and_verify() -> Result<PathBuf, String> {
     for c in &crates {
         let bytes = fs::read(c).map_err(|e| format!("reading {}: {e}", c.display()))?;
         let got = hex(&Sha256::digest(&bytes));
-        if got == CRATE_SHA256 {
+        if got == crate_sha256 {
             ok_crate = true;
         } else {
             seen.push(format!("{} has sha256 {got}", c.display()));
@@ -260,44 +346,45 @@ fn locate_and_verify() -> Result<PathBuf, String> {
     }
     if !ok_crate {
         return Err(format!(
-            "integrity check failed: expected sha256 {CRATE_SHA256} for {PKG}.crate, but {}. \
+            "integrity check failed: expected sha256 {crate_sha256} for {pkg}.crate, but {}. \
              Delete it and {fetch}",
             seen.join("; ")
         ));
     }
-    let srcs = find_in_registry(&home, "src", PKG);
+    let srcs = find_in_registry(&home, "src", pkg);
     if srcs.is_empty() {
         return Err(format!(
-            "unpacked sources {}/registry/src/*/{PKG}/ not found: {fetch}",
+            "unpacked sources {}/registry/src/*/{pkg}/ not found: {fetch}",
             home.display()
         ));
     }
     let mut digests = Vec::new();
     for s in &srcs {
-        let d = source_digest(s)?;
-        if d == SOURCE_DIGEST {
+        let d = source_digest(r, s)?;
+        if d == source_digest_pin {
             return Ok(s.clone());
         }
         digests.push(format!("{} has digest {d}", s.display()));
     }
     Err(format!(
         "integrity check failed: the unpacked sources differ from the pinned ones (expected \
-         digest {SOURCE_DIGEST}; {}). Delete that directory and {fetch}",
+         digest {source_digest_pin}; {}). Delete that directory and {fetch}",
         digests.join("; ")
     ))
 }
 
 /// sha256 over (relative path, length, contents) of every file in the directories we compile
 /// from or include, in sorted order.
-fn source_digest(root: &Path) -> Result<String, String> {
+fn source_digest(r: &Ref, root: &Path) -> Result<String, String> {
+    let llama = r.llama();
     let dirs = [
-        format!("{LLAMA}/ggml/include"),
-        format!("{LLAMA}/ggml/src"),
-        format!("{LLAMA}/ggml/src/llamafile"),
-        format!("{LLAMA}/include"),
-        format!("{LLAMA}/src"),
-        "bitnet/include".to_string(),
-        "bitnet/src".to_string(),
+        format!("{llama}/ggml/include"),
+        format!("{llama}/ggml/src"),
+        format!("{llama}/ggml/src/llamafile"),
+        format!("{llama}/include"),
+        format!("{llama}/src"),
+        format!("{}/include", r.bitnet),
+        format!("{}/src", r.bitnet),
     ];
     let mut files = Vec::new();
     for d in &dirs {

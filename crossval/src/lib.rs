@@ -467,3 +467,70 @@ pub fn i2s_matmul_timed(
     }
     Ok((out, Duration::from_secs_f64(secs)))
 }
+
+/// The January-2026 BitNet.cpp (crates.io `bitnet-llm-sys` =1.0.2: new I2_S GEMM/GEMV kernels,
+/// arch `bitnet-b1.58` with relu2), built by this crate's build script into the `ref2026`
+/// executable (`shim/ref2026.cpp`; its symbols clash with the 2024 reference's, so it runs as a
+/// child process).
+pub mod ref2026 {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// The executable.
+    pub fn exe() -> &'static Path {
+        Path::new(env!("BITNET_REF2026"))
+    }
+
+    /// Teacher-forced logits of every position of `tokens` (from an empty cache), `n_vocab`
+    /// per row: one token per decode call (`batch = false`) or all in one batch.
+    pub fn logits(
+        model: &Path,
+        tokens: &[u32],
+        batch: bool,
+        threads: usize,
+    ) -> Result<(usize, Vec<f32>), String> {
+        let out = std::env::temp_dir().join(format!(
+            "ref2026-{}-{:?}.bin",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
+        let r = Command::new(exe())
+            .arg("logits")
+            .arg(model)
+            .args(["--tokens", &ids.join(",")])
+            .arg("--out")
+            .arg(&out)
+            .args(["--threads", &threads.to_string()])
+            .args(["--mode", if batch { "batch" } else { "seq" }])
+            .output()
+            .map_err(|e| format!("{}: {e}", exe().display()))?;
+        if !r.status.success() {
+            return Err(format!(
+                "ref2026 logits on {} failed ({}): {}",
+                model.display(),
+                r.status,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        let b = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let _ = std::fs::remove_file(&out);
+        if b.len() < 8 {
+            return Err("ref2026 wrote a truncated logits file".into());
+        }
+        let n = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let v = i32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        let data: Vec<f32> = b[8..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if n != tokens.len() || data.len() != n * v {
+            return Err(format!(
+                "ref2026 wrote {n} x {v} logits ({} values) for {} tokens",
+                data.len(),
+                tokens.len()
+            ));
+        }
+        Ok((v, data))
+    }
+}

@@ -545,3 +545,51 @@ pub fn write_bitnet(
         (Ok(()), None) => Ok(()),
     }
 }
+
+/// The placeholder chat template BitNet's GGUF converter writes into every `bitnet` model
+/// (`utils/convert-ms-to-gguf-bitnet.py`); no model was trained on it.
+pub const BITNET_PLACEHOLDER_TEMPLATE: &str = "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\\n\\nBITNETAssistant: ' + eos_token }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
+
+/// Rewrites a `bitnet`-arch file into exactly the metadata layout of Microsoft's published
+/// 2B-4T GGUF: arch `bitnet-b1.58` with keys `bitnet-b1.58.*`, no `tokenizer.ggml.pre`, no
+/// `hidden_activation` (the arch implies relu2), BitNet's placeholder chat template. `edit`
+/// may change or drop (None) any resulting key. Tensors are copied unchanged. Used to test
+/// and cross-validate the layout users arrive with (the 2026 BitNet.cpp reads only it).
+pub fn to_published_layout(
+    src: &Path,
+    out: &Path,
+    edit: &dyn Fn(&str, Value) -> Option<Value>,
+) -> Result<(), ConvertError> {
+    let g = Gguf::open(src)?;
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        if k == "tokenizer.ggml.pre"
+            || k.ends_with(".hidden_activation")
+            || k == "tokenizer.chat_template"
+        {
+            continue;
+        }
+        let (k, v) = match (k.as_str(), k.strip_prefix("bitnet.")) {
+            ("general.architecture", _) => (k.clone(), Value::String("bitnet-b1.58".into())),
+            (_, Some(rest)) => (format!("bitnet-b1.58.{rest}"), v.clone()),
+            _ => (k.clone(), v.clone()),
+        };
+        if let Some(v) = edit(&k, v) {
+            w.kv(&k, v);
+        }
+    }
+    if let Some(v) = edit(
+        "tokenizer.chat_template",
+        Value::String(BITNET_PLACEHOLDER_TEMPLATE.into()),
+    ) {
+        w.kv("tokenizer.chat_template", v);
+    }
+    for t in g.tensors() {
+        w.tensor(&t.name, &t.dims, t.ty);
+    }
+    w.write_file(out, |i, o| o.write_all(g.tensor_data(&g.tensors()[i])))
+        .map_err(|source| ConvertError::Io {
+            path: out.display().to_string(),
+            source,
+        })
+}

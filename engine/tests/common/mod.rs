@@ -62,46 +62,12 @@ pub fn expected_greedy_text() -> String {
     joined.join(" ").replace("\\n", "\n").replace("\n ", "\n")
 }
 
-/// The placeholder chat template BitNet's GGUF converter writes (utils/convert-ms-to-gguf-bitnet.py).
-pub const BITNET_PLACEHOLDER_TEMPLATE: &str = "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\\n\\nBITNETAssistant: ' + eos_token }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
-
-/// A copy of `src` (a `bitnet`-arch file) with exactly the metadata layout of Microsoft's
-/// published 2B-4T GGUF: arch `bitnet-b1.58` and keys `bitnet-b1.58.*`, no
-/// `tokenizer.ggml.pre`, no `hidden_activation`, the converter's placeholder chat template.
-/// `edit` may change the metadata further (key, value) before it is written.
+/// A copy of `src` in Microsoft's published 2B-4T metadata layout
+/// ([`bitnet::convert::to_published_layout`]).
 pub fn published_layout(
     src: &std::path::Path,
     out: &std::path::Path,
     edit: &dyn Fn(&str, bitnet::gguf::Value) -> Option<bitnet::gguf::Value>,
 ) {
-    use bitnet::gguf::{Gguf, GgufWriter, Value};
-    let g = Gguf::open(src).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in g.metadata() {
-        if k == "tokenizer.ggml.pre"
-            || k.ends_with(".hidden_activation")
-            || k == "tokenizer.chat_template"
-        {
-            continue;
-        }
-        let (k, v) = match k.as_str() {
-            "general.architecture" => (k.clone(), Value::String("bitnet-b1.58".into())),
-            _ => match k.strip_prefix("bitnet.") {
-                Some(rest) => (format!("bitnet-b1.58.{rest}"), v.clone()),
-                None => (k.clone(), v.clone()),
-            },
-        };
-        if let Some(v) = edit(&k, v) {
-            w.kv(&k, v);
-        }
-    }
-    w.kv(
-        "tokenizer.chat_template",
-        Value::String(BITNET_PLACEHOLDER_TEMPLATE.into()),
-    );
-    for t in g.tensors() {
-        w.tensor(&t.name, &t.dims, t.ty);
-    }
-    w.write_file(out, |i, o| o.write_all(g.tensor_data(&g.tensors()[i])))
-        .unwrap();
+    bitnet::convert::to_published_layout(src, out, edit).unwrap();
 }
