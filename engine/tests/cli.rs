@@ -5,18 +5,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn read_logits(path: &Path) -> (usize, usize, Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
-    let n = i32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
-    let v = i32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
-    let data: Vec<f32> = b[8..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(data.len(), n * v, "file length matches its header");
-    (n, v, data)
-}
-
 #[test]
 fn logits_file_has_the_documented_layout_and_seq_equals_batch() {
     let model = converted("i2_s", "f32");
@@ -357,26 +345,8 @@ fn libc_sigpipe() -> i32 {
 /// `llama-bpe` vectors; an unrecognised vocabulary is exit 3 naming `--tokenizer-pre`.
 #[test]
 fn the_published_2b4t_layout_runs_in_every_command() {
-    let vocab = shared("tokenizers/ggml-vocab-llama-bpe.gguf");
+    let (src, published) = published_synth("cli");
     let id = std::process::id();
-    let src = tmp(&format!("synth-relu2-bpe-{id}.gguf"));
-    let st = bitnet()
-        .args([
-            "synth",
-            "--preset",
-            "tiny",
-            "--activation",
-            "relu2",
-            "--vocab",
-        ])
-        .arg(&vocab)
-        .arg("-o")
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let published = tmp(&format!("published-layout-{id}.gguf"));
-    published_layout(&src, &published, &|_, v| Some(v));
 
     let out = bitnet().arg("inspect").arg(&published).output().unwrap();
     let so = String::from_utf8_lossy(&out.stdout);

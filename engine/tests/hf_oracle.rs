@@ -30,18 +30,6 @@ fn fixtures() -> Vec<PathBuf> {
     v
 }
 
-fn read_logits(path: &Path) -> (usize, usize, Vec<f32>) {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let n = i32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
-    let v = i32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
-    let data: Vec<f32> = b[8..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(data.len(), n * v);
-    (n, v, data)
-}
-
 fn top2(row: &[f32]) -> (usize, f32) {
     let mut idx: Vec<usize> = (0..row.len()).collect();
     idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));

@@ -641,25 +641,7 @@ fn sigterm_drains_in_flight_streams_and_exits_zero() {
 /// "Assistant: "), not with the placeholder; a user-given template still wins.
 #[test]
 fn chat_on_the_published_2b4t_layout_uses_the_trained_format() {
-    let id = std::process::id();
-    let src = tmp(&format!("serve-synth-relu2-bpe-{id}.gguf"));
-    let st = bitnet()
-        .args([
-            "synth",
-            "--preset",
-            "tiny",
-            "--activation",
-            "relu2",
-            "--vocab",
-        ])
-        .arg(shared("tokenizers/ggml-vocab-llama-bpe.gguf"))
-        .arg("-o")
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let published = tmp(&format!("serve-published-layout-{id}.gguf"));
-    published_layout(&src, &published, &|_, v| Some(v));
+    let (_, published) = published_synth("serve");
     let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]);
     let prompt_tokens = |s: &Server| {
         let r = s.post(

@@ -226,10 +226,19 @@ impl HfConfig {
     }
 }
 
-/// The checkpoint's shards, memory-mapped, and which shard holds each tensor.
+/// The checkpoint's shards, memory-mapped, and where each tensor lies (every header is parsed
+/// once, when the shards are opened).
 pub struct Shards {
-    maps: Vec<(PathBuf, memmap2::Mmap)>,
-    index: BTreeMap<String, usize>,
+    maps: Vec<memmap2::Mmap>,
+    index: BTreeMap<String, Entry>,
+}
+
+/// A tensor of a shard: the shard, its dtype and shape, and its bytes in the shard's map.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
 }
 
 impl Shards {
@@ -289,37 +298,35 @@ impl Shards {
             })?;
             let st = SafeTensors::deserialize(&map)
                 .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-            for name in st.names() {
-                if index.insert(name.to_string(), i).is_some() {
+            for (name, t) in st.tensors() {
+                let start = t.data().as_ptr() as usize - map.as_ptr() as usize;
+                let entry = Entry {
+                    shard: i,
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    bytes: start..start + t.data().len(),
+                };
+                if index.insert(name.clone(), entry).is_some() {
                     return Err(bad(format!("tensor {name} appears in two shards")));
                 }
             }
             drop(st);
-            maps.push((path, map));
+            maps.push(map);
         }
         Ok(Shards { maps, index })
     }
 
     /// A tensor's dtype, shape and bytes.
     pub fn get(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8]), ConvertError> {
-        let &i = self
+        let e = self
             .index
             .get(name)
             .ok_or_else(|| bad(format!("missing tensor {name}")))?;
-        let (path, map) = &self.maps[i];
-        let st =
-            SafeTensors::deserialize(map).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        let t = st
-            .tensor(name)
-            .map_err(|e| bad(format!("{}: {name}: {e}", path.display())))?;
-        let (dtype, shape) = (t.dtype(), t.shape().to_vec());
-        // The view borrows `map` (the bytes live as long as `self`).
-        let start = t.data().as_ptr() as usize - map.as_ptr() as usize;
-        Ok((dtype, shape, &map[start..start + t.data().len()]))
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
+        Ok((
+            e.dtype,
+            e.shape.clone(),
+            &self.maps[e.shard][e.bytes.clone()],
+        ))
     }
 }
 

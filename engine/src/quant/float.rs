@@ -76,7 +76,7 @@ pub mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn finish(acc: __m256, tail: f32) -> f32 {
+    pub(super) unsafe fn finish(acc: __m256, tail: f32) -> f32 {
         let mut a = [0f32; 8];
         _mm256_storeu_ps(a.as_mut_ptr(), acc);
         ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
@@ -304,11 +304,14 @@ pub mod avx512 {
                         tail += half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32()
                             * xs[t][i];
                     }
-                    let mut a = [0f32; 16];
-                    _mm512_storeu_ps(a.as_mut_ptr(), acc[p][t]);
-                    let a = &a[8 * h..8 * h + 8];
-                    out[p][h][t] =
-                        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+                    // Row `h` of the pair is lanes 8h..8h+8: the AVX2 kernel's eight lane sums.
+                    let a = acc[p][t];
+                    let lanes = if h == 0 {
+                        _mm512_castps512_ps256(a)
+                    } else {
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
+                    };
+                    out[p][h][t] = super::avx2::finish(lanes, tail);
                 }
             }
         }

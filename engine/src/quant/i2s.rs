@@ -201,7 +201,7 @@ pub mod avx2 {
     /// Four tokens' lane sums reduced at once: `[D0, D1, D2, D3]` (exact integer sums).
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn hsum4(acc: [__m256i; 4]) -> __m128i {
+    pub(super) unsafe fn hsum4(acc: [__m256i; 4]) -> __m128i {
         let f =
             |a: __m256i| _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
         let h01 = _mm_hadd_epi32(f(acc[0]), f(acc[1]));
@@ -419,18 +419,18 @@ pub mod avx512 {
         _mm512_reduce_add_epi32(acc::<1, 1, 2>([row], [q])[0][0])
     }
 
-    /// Four lane-sum vectors reduced at once: `[D0, D1, D2, D3]`.
+    /// Four lane-sum vectors reduced at once: `[D0, D1, D2, D3]` (each folded to eight lanes,
+    /// then the AVX2 kernel's reduction).
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn hsum4(acc: [__m512i; 4]) -> [i32; 4] {
-        let f = |a: __m512i| {
-            let h = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
-            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
-        };
-        let h01 = _mm_hadd_epi32(f(acc[0]), f(acc[1]));
-        let h23 = _mm_hadd_epi32(f(acc[2]), f(acc[3]));
+        // Plain code, not `map` with a closure (which may not inline into these features).
+        let mut half = [_mm256_setzero_si256(); 4];
+        for (h, a) in half.iter_mut().zip(acc) {
+            *h = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+        }
         let mut d = [0i32; 4];
-        _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, _mm_hadd_epi32(h01, h23));
+        _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, super::avx2::hsum4(half));
         d
     }
 

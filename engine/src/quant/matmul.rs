@@ -305,38 +305,23 @@ impl Weight {
             unsafe { float::avx2::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
             return;
         }
-        // I2_S on AVX-512 VNNI: as the AVX2 loop below, with `vpdpbusd`.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::I2S
-            && isa == Isa::Avx512
-            && self.cols / i2s::BLOCK <= i2s::avx512::MAX_BLOCKS
-        {
-            let rb = self.ty.row_bytes(self.cols);
-            // SAFETY: Isa::effective only yields Avx512 when the CPU has AVX-512 F/BW/VL and
-            // VNNI; rows are short enough (checked above; longer ones take the AVX2 loop); the
-            // activations have the validated row length; `out` as for this function.
-            unsafe {
-                i2s::avx512::rows(
-                    self.bytes(),
-                    rb,
-                    range,
-                    acts,
-                    self.w_scale,
-                    out.0,
-                    self.rows,
-                )
-            };
-            return;
-        }
         // Ternary I2_S: every token of the product (one, a prompt, or the decode steps of
-        // several sequences) in one AVX2 loop over the rows.
+        // several sequences) in one SIMD loop over the rows: AVX-512 VNNI (`vpdpbusd`) for rows
+        // short enough for its i32 lanes, otherwise AVX2.
         #[cfg(target_arch = "x86_64")]
         if self.ty == TensorType::I2S && isa >= Isa::Avx2 {
+            let use512 = isa == Isa::Avx512 && self.cols / i2s::BLOCK <= i2s::avx512::MAX_BLOCKS;
+            let rows = if use512 {
+                i2s::avx512::rows
+            } else {
+                i2s::avx2::rows
+            };
             let rb = self.ty.row_bytes(self.cols);
-            // SAFETY: Isa::effective only yields Avx2 when the CPU has it; the activations
-            // have the validated row length; `out` as for this function.
+            // SAFETY: Isa::effective only yields Avx2/Avx512 when the CPU has those features
+            // (AVX-512 F/BW/VL + VNNI for Avx512); the AVX-512 loop only gets rows within its
+            // bound; the activations have the validated row length; `out` as for this function.
             unsafe {
-                i2s::avx2::rows(
+                rows(
                     self.bytes(),
                     rb,
                     range,

@@ -71,3 +71,41 @@ pub fn published_layout(
 ) {
     bitnet::convert::to_published_layout(src, out, edit).unwrap();
 }
+
+/// A tiny relu2 model with LLaMA-3's vocabulary (`bitnet synth`), and its copy in the published
+/// 2B-4T layout: `(source, published)`, named after `tag`.
+pub fn published_synth(tag: &str) -> (PathBuf, PathBuf) {
+    let id = std::process::id();
+    let src = tmp(&format!("{tag}-synth-relu2-bpe-{id}.gguf"));
+    let st = bitnet()
+        .args([
+            "synth",
+            "--preset",
+            "tiny",
+            "--activation",
+            "relu2",
+            "--vocab",
+        ])
+        .arg(shared("tokenizers/ggml-vocab-llama-bpe.gguf"))
+        .arg("-o")
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let published = tmp(&format!("{tag}-published-layout-{id}.gguf"));
+    published_layout(&src, &published, &|_, v| Some(v));
+    (src, published)
+}
+
+/// A logits file (`bitnet logits`, the oracles): i32 n_tokens, i32 n_vocab, f32 row-major.
+pub fn read_logits(path: &std::path::Path) -> (usize, usize, Vec<f32>) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = i32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+    let v = i32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+    let data: Vec<f32> = b[8..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(data.len(), n * v, "file length matches its header");
+    (n, v, data)
+}
