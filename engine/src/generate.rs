@@ -39,18 +39,22 @@ pub struct Generation {
 }
 
 /// Turns token bytes into text pieces: holds back incomplete UTF-8 sequences and any tail that
-/// could be the start of a stop string.
+/// could be the start of a stop string. Invalid bytes become U+FFFD exactly as
+/// `String::from_utf8_lossy` of the whole output would render them, so the streamed pieces
+/// always concatenate to that text however the bytes are split into tokens.
 pub struct TextStream {
-    bytes: Vec<u8>,
-    emitted: usize,
+    /// Bytes not decoded yet: an incomplete UTF-8 sequence at the end of the output.
+    raw: Vec<u8>,
+    /// Decoded text not emitted yet (a possible stop-string prefix).
+    pending: String,
     stop: Vec<String>,
 }
 
 impl TextStream {
     pub fn new(stop: Vec<String>) -> Self {
         TextStream {
-            bytes: Vec::new(),
-            emitted: 0,
+            raw: Vec::new(),
+            pending: String::new(),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
         }
     }
@@ -58,24 +62,45 @@ impl TextStream {
     /// Adds a token's bytes; returns the text that is now final, and the stop string if one
     /// completed (the text then ends right before it).
     pub fn push(&mut self, piece: &[u8]) -> (String, Option<String>) {
-        self.bytes.extend_from_slice(piece);
-        let valid = match std::str::from_utf8(&self.bytes) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            // Invalid bytes (not just incomplete): let them through as replacement characters.
-            Err(_) => self.bytes.len(),
-        };
-        let text = String::from_utf8_lossy(&self.bytes[..valid]).into_owned();
-        let pending = &text[self.emitted.min(text.len())..];
-        // A stop string may straddle earlier emitted text only by what we held back, so search
-        // the held-back region plus the new text.
+        self.raw.extend_from_slice(piece);
+        let mut used = 0;
+        loop {
+            match std::str::from_utf8(&self.raw[used..]) {
+                Ok(s) => {
+                    self.pending.push_str(s);
+                    used = self.raw.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // The `valid` bytes from `used` were just checked to be UTF-8.
+                    self.pending.push_str(
+                        std::str::from_utf8(&self.raw[used..used + valid]).unwrap_or_default(),
+                    );
+                    used += valid;
+                    match e.error_len() {
+                        Some(n) => {
+                            self.pending.push(char::REPLACEMENT_CHARACTER);
+                            used += n;
+                        }
+                        // Incomplete: wait for the next token's bytes.
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.raw.drain(..used);
+        // A stop string may straddle earlier output only by what was held back, so searching
+        // the pending text is enough.
         for s in &self.stop {
-            if let Some(i) = pending.find(s.as_str()) {
-                let out = pending[..i].to_string();
-                self.emitted = text.len();
+            if let Some(i) = self.pending.find(s.as_str()) {
+                let out = self.pending[..i].to_string();
+                self.pending.clear();
+                self.raw.clear();
                 return (out, Some(s.clone()));
             }
         }
+        let pending = &self.pending;
         let hold = self
             .stop
             .iter()
@@ -89,16 +114,15 @@ impl TextStream {
             .map(|p| p.len())
             .max()
             .unwrap_or(0);
-        let out = pending[..pending.len() - hold].to_string();
-        self.emitted += out.len();
+        let out: String = self.pending.drain(..self.pending.len() - hold).collect();
         (out, None)
     }
 
     /// Whatever was held back, at the end of generation.
     pub fn finish(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.bytes).into_owned();
-        let out = text.get(self.emitted..).unwrap_or("").to_string();
-        self.emitted = text.len();
+        let mut out = std::mem::take(&mut self.pending);
+        out.push_str(&String::from_utf8_lossy(&self.raw));
+        self.raw.clear();
         out
     }
 }
@@ -266,5 +290,59 @@ mod tests {
         assert_eq!(s.push(b"xE").0, "x");
         assert_eq!(s.push(b"Z").0, "EZ");
         assert_eq!(s.finish(), "");
+    }
+
+    #[test]
+    fn an_incomplete_sequence_followed_by_a_bad_byte_is_one_replacement() {
+        // Once rendered \u{FFFD} while incomplete, then completed by the next token: this
+        // once sliced the text inside a character and panicked.
+        let mut s = TextStream::new(vec![]);
+        let mut out = s.push(b"\xff ok \xe2\x82").0;
+        out += &s.push(b"\xac and \xe2").0;
+        out += &s.push(b"A").0;
+        out += &s.finish();
+        assert_eq!(out, "\u{fffd} ok \u{20ac} and \u{fffd}A");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pieces_concatenate_to_the_lossy_text(
+            pieces in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6), 0..24),
+        ) {
+            let mut s = TextStream::new(vec![]);
+            let mut out = String::new();
+            for p in &pieces {
+                out += &s.push(p).0;
+            }
+            out += &s.finish();
+            let all: Vec<u8> = pieces.concat();
+            proptest::prop_assert_eq!(out, String::from_utf8_lossy(&all).into_owned());
+        }
+
+        #[test]
+        fn a_stop_string_ends_the_text_exactly_where_it_starts(
+            pieces in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(b"abE\xc3\xa9\xffND".to_vec()), 0..5), 0..20),
+        ) {
+            let mut s = TextStream::new(vec!["END".into()]);
+            let mut out = String::new();
+            let mut hit = None;
+            for p in &pieces {
+                let (o, h) = s.push(p);
+                out += &o;
+                if h.is_some() {
+                    hit = h;
+                    break;
+                }
+            }
+            let all = String::from_utf8_lossy(&pieces.concat()).into_owned();
+            match hit {
+                Some(_) => proptest::prop_assert_eq!(Some(out.len()), all.find("END")),
+                None => {
+                    out += &s.finish();
+                    proptest::prop_assert!(!all.contains("END"));
+                    proptest::prop_assert_eq!(out, all);
+                }
+            }
+        }
     }
 }
