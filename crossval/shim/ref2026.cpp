@@ -11,6 +11,9 @@
 //       as one batch, logits of the last only) and of generation (n tokens one at a time after
 //       an empty cache); prints medians as JSON on stdout.
 //   ref2026 info MODEL.gguf        architecture, vocabulary size, a few metadata keys.
+//   ref2026 tokenize MODEL.gguf --text-file FILE [--no-bos] [--special]
+//       The vocabulary's token ids for the file's bytes (BOS added unless --no-bos; special
+//       tokens in the text parsed only with --special), comma-separated on stdout.
 // The process re-executes itself once with a 1 GiB stack limit (see ensure_big_stack).
 // llama.cpp's log goes to stderr only with REF2026_VERBOSE=1 (errors are always shown).
 
@@ -240,6 +243,44 @@ int cmd_info(int argc, char** argv) {
     return 0;
 }
 
+int cmd_tokenize(int argc, char** argv) {
+    if (argc < 3) die("usage: ref2026 tokenize MODEL.gguf --text-file FILE [--no-bos] [--special]");
+    std::string text_path;
+    bool add_bos = true, special = false;
+    for (int i = 3; i < argc; i++) {
+        std::string a = argv[i];
+        if (a == "--text-file" && i + 1 < argc) text_path = argv[++i];
+        else if (a == "--no-bos") add_bos = false;
+        else if (a == "--special") special = true;
+        else die("unknown argument " + a);
+    }
+    if (text_path.empty()) die("--text-file is required");
+    FILE* f = fopen(text_path.c_str(), "rb");
+    if (!f) die("cannot read " + text_path);
+    std::string text;
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
+    fclose(f);
+    llama_model_params mp = llama_model_default_params();
+    mp.vocab_only = true;
+    llama_model* m = llama_load_model_from_file(argv[2], mp);
+    if (!m) die(std::string("cannot load model ") + argv[2]);
+    std::vector<llama_token> ids(text.size() + 8);
+    int n = llama_tokenize(m, text.data(), (int32_t)text.size(), ids.data(), (int32_t)ids.size(),
+                           add_bos, special);
+    if (n < 0) {
+        ids.resize((size_t)-n);
+        n = llama_tokenize(m, text.data(), (int32_t)text.size(), ids.data(), (int32_t)ids.size(),
+                           add_bos, special);
+    }
+    if (n < 0) die("llama_tokenize failed");
+    for (int i = 0; i < n; i++) printf(i ? ",%d" : "%d", ids[i]);
+    printf("\n");
+    llama_free_model(m);
+    return 0;
+}
+
 }  // namespace
 
 // The fork's I2_S mul_mat keeps a float VLA of (rows per thread) x (batch rounded down to 4) on
@@ -266,12 +307,13 @@ int main(int argc, char** argv) {
     g_verbose = getenv("REF2026_VERBOSE") && atoi(getenv("REF2026_VERBOSE")) != 0;
     llama_log_set(log_cb, nullptr);
     llama_backend_init();
-    if (argc < 2) die("usage: ref2026 {logits|bench|info} MODEL.gguf ...");
+    if (argc < 2) die("usage: ref2026 {logits|bench|info|tokenize} MODEL.gguf ...");
     const std::string cmd = argv[1];
     int rc;
     if (cmd == "logits") rc = cmd_logits(argc, argv);
     else if (cmd == "bench") rc = cmd_bench(argc, argv);
     else if (cmd == "info") rc = cmd_info(argc, argv);
+    else if (cmd == "tokenize") rc = cmd_tokenize(argc, argv);
     else die("unknown command " + cmd);
     llama_backend_free();
     return rc;

@@ -481,6 +481,44 @@ pub mod ref2026 {
         Path::new(env!("BITNET_REF2026"))
     }
 
+    /// The reference's tokenization of `text` (BOS added as the vocabulary says when `bos`;
+    /// special-token text is not parsed).
+    pub fn tokenize(model: &Path, text: &str, bos: bool) -> Result<Vec<u32>, String> {
+        let file = std::env::temp_dir().join(format!(
+            "ref2026-text-{}-{:?}.txt",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut cmd = Command::new(exe());
+        cmd.arg("tokenize").arg(model).arg("--text-file").arg(&file);
+        if !bos {
+            cmd.arg("--no-bos");
+        }
+        let r = cmd.output();
+        let _ = std::fs::remove_file(&file);
+        let r = r.map_err(|e| format!("{}: {e}", exe().display()))?;
+        if !r.status.success() {
+            return Err(format!(
+                "ref2026 tokenize on {} failed ({}): {}",
+                model.display(),
+                r.status,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        let out = String::from_utf8_lossy(&r.stdout);
+        let out = out.trim();
+        if out.is_empty() {
+            return Ok(Vec::new());
+        }
+        out.split(',')
+            .map(|t| {
+                t.parse::<u32>()
+                    .map_err(|_| format!("ref2026 tokenize printed {t:?}, not a token id"))
+            })
+            .collect()
+    }
+
     /// Teacher-forced logits of every position of `tokens` (from an empty cache), `n_vocab`
     /// per row: one token per decode call (`batch = false`) or all in one batch.
     pub fn logits(

@@ -112,6 +112,7 @@ pub enum Command {
         vocab: Option<PathBuf>,
         #[arg(long, default_value = "i2_s")]
         weights: String,
+        /// Token embeddings: f16, f32 or q8_0.
         #[arg(long, default_value = "f16")]
         embedding: String,
         /// Override the preset's FFN activation (silu, relu2).

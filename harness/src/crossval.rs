@@ -1,11 +1,15 @@
-//! Cross-validation of the engine against the reference (BitNet.cpp via `bitnet-crossval`).
+//! Cross-validation of the engine against references: BitNet.cpp 0.0.5 (linked in-process),
+//! the January-2026 BitNet.cpp (the `ref2026` executable), and Hugging Face transformers'
+//! float32 logits recorded for a fixture.
 //!
-//! For each prompt: our tokenizer and the reference's must agree; the sequence is the prompt
-//! plus our greedy continuation up to `tokens`; both engines evaluate it teacher-forced (one
-//! token at a time, or as one batch) and every position's logits are compared. Because both
-//! engines are deterministic, greedy generation agrees up to the first position where the
-//! reference's top-1 differs from our choice; that divergence is accepted only as a near-tie
-//! (the reference's margin between its choice and ours below the noise floor).
+//! For each prompt: the sequence is the prompt plus our greedy continuation up to `tokens`;
+//! every reference's tokenizer must agree with ours, and every reference evaluates the sequence
+//! teacher-forced (one token at a time, or as one batch), each position's logits compared with
+//! ours. The first reference is the one the thresholds judge; the others' figures are reported
+//! beside it. Because the engines are deterministic, greedy generation agrees up to the first
+//! position where a reference's top-1 differs from our choice; that divergence is accepted only
+//! as a near-tie (the reference's margin between its choice and ours below `near_tie`), and
+//! near-ties are counted: top-1 agreement is also given over the decisive positions alone.
 
 use crate::metrics::{compare, PositionMetrics};
 use bitnet::cli::nll;
@@ -15,12 +19,179 @@ use bitnet::sample::SamplerParams;
 use bitnet::tokenizer::Tokenizer;
 use bitnet_crossval::RefModel;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Seq,
     Batch,
+}
+
+/// Which reference: the names gates and the CLI use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum RefName {
+    /// BitNet.cpp 0.0.5 (crates.io `bitnet-cpp-sys`): arch `bitnet` only, SiLU.
+    #[serde(rename = "bitnet.cpp-0.0.5")]
+    #[value(name = "bitnet.cpp-0.0.5")]
+    Cpp2024,
+    /// BitNet.cpp January 2026 (crates.io `bitnet-llm-sys` 1.0.2): also `bitnet-b1.58`, relu2.
+    #[serde(rename = "bitnet.cpp-2026")]
+    #[value(name = "bitnet.cpp-2026")]
+    Cpp2026,
+    /// transformers' float32 logits recorded in a HF fixture (`crossval/hf/fixtures`).
+    #[serde(rename = "transformers")]
+    #[value(name = "transformers")]
+    Transformers,
+}
+
+impl RefName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "bitnet.cpp-0.0.5" => Ok(RefName::Cpp2024),
+            "bitnet.cpp-2026" => Ok(RefName::Cpp2026),
+            "transformers" => Ok(RefName::Transformers),
+            _ => Err(format!(
+                "unknown reference {s:?} (bitnet.cpp-0.0.5, bitnet.cpp-2026, transformers)"
+            )),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefName::Cpp2024 => "bitnet.cpp-0.0.5",
+            RefName::Cpp2026 => "bitnet.cpp-2026",
+            RefName::Transformers => "transformers",
+        }
+    }
+}
+
+/// A source of reference tokenizations and teacher-forced logits.
+pub enum Reference {
+    Cpp2024(RefModel),
+    Cpp2026 {
+        model: PathBuf,
+        threads: usize,
+    },
+    /// Recorded logits: only the fixture's text and token ids can be asked for.
+    Transformers {
+        text: String,
+        ids: Vec<u32>,
+        logits: Vec<f32>,
+    },
+}
+
+impl Reference {
+    /// Opens `name` for the GGUF at `model`; `fixture` is the HF checkpoint directory the model
+    /// was converted from (needed for transformers).
+    pub fn open(
+        name: RefName,
+        model: &Path,
+        fixture: Option<&Path>,
+        n_ctx: usize,
+        threads: usize,
+    ) -> Result<Self, String> {
+        match name {
+            RefName::Cpp2024 => Ok(Reference::Cpp2024(
+                RefModel::load(model, n_ctx, threads).map_err(|e| e.to_string())?,
+            )),
+            RefName::Cpp2026 => Ok(Reference::Cpp2026 {
+                model: model.to_path_buf(),
+                threads,
+            }),
+            RefName::Transformers => {
+                let dir = fixture.ok_or(
+                    "the transformers reference needs a model converted from a HF fixture \
+                     (model.source = \"hf\")",
+                )?;
+                let read = |f: &str| {
+                    std::fs::read(dir.join(f))
+                        .map_err(|e| format!("{}: {e}", dir.join(f).display()))
+                };
+                let t: serde_json::Value = serde_json::from_slice(&read("tokens.json")?)
+                    .map_err(|e| format!("tokens.json: {e}"))?;
+                let text = t["text"]
+                    .as_str()
+                    .ok_or("tokens.json: no text")?
+                    .to_string();
+                let ids = t["ids"]
+                    .as_array()
+                    .ok_or("tokens.json: no ids")?
+                    .iter()
+                    .map(|v| v.as_u64().map(|x| x as u32).ok_or("tokens.json: bad id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (n, _, logits) = read_logits_file(&read("logits_f32.bin")?)?;
+                if n != ids.len() {
+                    return Err(format!(
+                        "logits_f32.bin has {n} rows for {} tokens",
+                        ids.len()
+                    ));
+                }
+                Ok(Reference::Transformers { text, ids, logits })
+            }
+        }
+    }
+
+    pub fn name(&self) -> RefName {
+        match self {
+            Reference::Cpp2024(_) => RefName::Cpp2024,
+            Reference::Cpp2026 { .. } => RefName::Cpp2026,
+            Reference::Transformers { .. } => RefName::Transformers,
+        }
+    }
+
+    /// The reference's tokens for `text`, BOS first.
+    pub fn tokenize(&mut self, text: &str) -> Result<Vec<u32>, String> {
+        match self {
+            Reference::Cpp2024(r) => r.tokenize(text, true, false).map_err(|e| e.to_string()),
+            Reference::Cpp2026 { model, .. } => {
+                bitnet_crossval::ref2026::tokenize(model, text, true)
+            }
+            Reference::Transformers { text: t, ids, .. } if t == text => Ok(ids.clone()),
+            Reference::Transformers { text: t, .. } => Err(format!(
+                "transformers' tokens are recorded for {t:?} only (asked for {text:?})"
+            )),
+        }
+    }
+
+    /// Teacher-forced logits of every position of `seq`, `n_vocab` per row.
+    pub fn logits(&mut self, seq: &[u32], batch: bool) -> Result<Vec<f32>, String> {
+        match self {
+            Reference::Cpp2024(r) => r.logits(seq, batch).map_err(|e| e.to_string()),
+            Reference::Cpp2026 { model, threads } => {
+                bitnet_crossval::ref2026::logits(model, seq, batch, *threads).map(|(_, l)| l)
+            }
+            Reference::Transformers { ids, logits, .. } if ids == seq => Ok(logits.clone()),
+            Reference::Transformers { .. } => Err(
+                "transformers' logits are recorded for the fixture's tokens only: use its text \
+                 as the one prompt and no continuation"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// A logits file (the `bitnet logits` / fixture format): i32 n, i32 vocab, f32 row-major.
+pub fn read_logits_file(b: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
+    if b.len() < 8 {
+        return Err("logits file shorter than its header".into());
+    }
+    let n = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let v = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    let (n, v) = (usize::try_from(n), usize::try_from(v));
+    let (Ok(n), Ok(v)) = (n, v) else {
+        return Err("logits file header has a negative size".into());
+    };
+    if n.checked_mul(v).and_then(|x| x.checked_mul(4)) != Some(b.len() - 8) {
+        return Err(format!(
+            "logits file holds {} bytes for {n} x {v} values",
+            b.len() - 8
+        ));
+    }
+    let data = b[8..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((n, v, data))
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +232,10 @@ pub struct Summary {
     pub kl_mean: f64,
     pub kl_max: f64,
     pub top1_agreement: f64,
+    /// Positions where the reference's top-2 margin is below `near_tie`.
+    pub near_ties: usize,
+    /// Top-1 agreement over the other (decisive) positions; 1 when there are none.
+    pub top1_decisive: f64,
     pub top5_overlap_mean: f64,
     /// First teacher-forced position whose top-1 differs, if any.
     pub first_divergence: Option<usize>,
@@ -87,6 +262,15 @@ pub struct PromptReport {
     pub positions: Vec<PositionMetrics>,
 }
 
+/// Another reference's figures on the same sequences (reported, not judged).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OtherReference {
+    pub reference: RefName,
+    pub tokenizer_match: bool,
+    pub greedy_divergences: Vec<Option<Divergence>>,
+    pub aggregate: Summary,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
     pub path: String,
@@ -104,13 +288,44 @@ pub struct Report {
     pub mode: Mode,
     pub threads: usize,
     pub near_tie: f64,
+    /// The reference the aggregate (and the gate) is judged against.
+    pub reference: RefName,
     pub prompts: Vec<PromptReport>,
     pub aggregate: Summary,
     pub reference_self: Option<Summary>,
+    pub others: Vec<OtherReference>,
 }
 
-fn summarize(ms: &[PositionMetrics], nll_ref: f64, nll_ours: f64, greedy_ok: bool) -> Summary {
+impl Report {
+    /// The gate's measurements: the judged reference's aggregate, `tokenizer_match`, the
+    /// reference's own batch noise floor (batch mode), and each other reference's aggregate
+    /// under `<name>.` (e.g. `bitnet.cpp-2026.cosine_min`).
+    pub fn measurements(&self) -> serde_json::Value {
+        let mut m = serde_json::to_value(&self.aggregate).unwrap_or_default();
+        m["tokenizer_match"] = self.prompts.iter().all(|p| p.tokenizer_match).into();
+        if let Some(n) = &self.reference_self {
+            m["reference_self_cosine_min"] = n.cosine_min.into();
+            m["reference_self_max_abs_diff"] = n.max_abs_diff.into();
+            m["reference_self_top1_agreement"] = n.top1_agreement.into();
+        }
+        for o in &self.others {
+            let mut a = serde_json::to_value(&o.aggregate).unwrap_or_default();
+            a["tokenizer_match"] = o.tokenizer_match.into();
+            m[o.reference.as_str()] = a;
+        }
+        m
+    }
+}
+
+fn summarize(
+    ms: &[PositionMetrics],
+    nll_ref: f64,
+    nll_ours: f64,
+    greedy_ok: bool,
+    near_tie: f64,
+) -> Summary {
     let n = ms.len().max(1) as f64;
+    let decisive: Vec<_> = ms.iter().filter(|m| m.ref_margin >= near_tie).collect();
     Summary {
         positions: ms.len(),
         cosine_min: ms.iter().map(|m| m.cosine).fold(f64::INFINITY, f64::min),
@@ -120,6 +335,12 @@ fn summarize(ms: &[PositionMetrics], nll_ref: f64, nll_ours: f64, greedy_ok: boo
         kl_mean: ms.iter().map(|m| m.kl).sum::<f64>() / n,
         kl_max: ms.iter().map(|m| m.kl).fold(0.0, f64::max),
         top1_agreement: ms.iter().filter(|m| m.top1_match).count() as f64 / n,
+        near_ties: ms.len() - decisive.len(),
+        top1_decisive: if decisive.is_empty() {
+            1.0
+        } else {
+            decisive.iter().filter(|m| m.top1_match).count() as f64 / decisive.len() as f64
+        },
         top5_overlap_mean: ms.iter().map(|m| m.top5_overlap).sum::<f64>() / n,
         first_divergence: ms.iter().find(|m| !m.top1_match).map(|m| m.pos),
         nll_ref,
@@ -138,36 +359,110 @@ fn our_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>, Str
     bitnet::cli::teacher_forced_logits(model, tokens, mode).map_err(|e| e.to_string())
 }
 
+/// One prompt's sequence and our logits for it.
+struct Sequence {
+    prompt: String,
+    prompt_tokens: Vec<u32>,
+    seq: Vec<u32>,
+    generated: usize,
+    ours: Vec<f32>,
+}
+
+/// One reference against our logits on one sequence.
+struct Judged {
+    reference_tokens: Vec<u32>,
+    metrics: Vec<PositionMetrics>,
+    nll_ref: f64,
+    nll_ours: f64,
+    divergence: Option<Divergence>,
+    reference_self: Option<Vec<PositionMetrics>>,
+}
+
+fn judge(
+    reference: &mut Reference,
+    s: &Sequence,
+    v: usize,
+    opts: &Options,
+    self_check: bool,
+) -> Result<Judged, String> {
+    let name = reference.name().as_str();
+    let reference_tokens = reference
+        .tokenize(&s.prompt)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let batch = opts.mode == Mode::Batch;
+    let theirs = reference
+        .logits(&s.seq, batch)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if theirs.len() != s.ours.len() {
+        return Err(format!(
+            "{name} gave {} logits for {} tokens x vocabulary {v}",
+            theirs.len(),
+            s.seq.len()
+        ));
+    }
+    let metrics = compare_all(&theirs, &s.ours, v);
+    let reference_self = if batch && self_check {
+        let one_by_one = reference.logits(&s.seq, false)?;
+        Some(compare_all(&one_by_one, &theirs, v))
+    } else {
+        None
+    };
+    let (mut nll_ref, mut nll_ours) = (0f64, 0f64);
+    for p in 0..s.seq.len() - 1 {
+        nll_ref += nll(&theirs[p * v..(p + 1) * v], s.seq[p + 1]);
+        nll_ours += nll(&s.ours[p * v..(p + 1) * v], s.seq[p + 1]);
+    }
+    // Greedy: our token at p + 1 was our argmax at p; where the reference's differs first,
+    // its generation would have diverged.
+    let first = s.prompt_tokens.len();
+    let divergence = (first - 1..s.seq.len() - 1)
+        .find(|&p| metrics[p].top1_ref != s.seq[p + 1])
+        .map(|p| {
+            let row = &theirs[p * v..(p + 1) * v];
+            let margin = (row[metrics[p].top1_ref as usize] - row[s.seq[p + 1] as usize]) as f64;
+            Divergence {
+                generated_index: p + 1 - first,
+                position: p,
+                ours: s.seq[p + 1],
+                reference: metrics[p].top1_ref,
+                ref_margin: margin,
+                near_tie: margin < opts.near_tie,
+            }
+        });
+    Ok(Judged {
+        reference_tokens,
+        metrics,
+        nll_ref,
+        nll_ours,
+        divergence,
+        reference_self,
+    })
+}
+
+/// Judges the engine against `references[0]`, reporting the others beside it.
 pub fn run(
     model: &Model,
     tok: &Tokenizer,
-    reference: &mut RefModel,
+    references: &mut [Reference],
     info: ModelInfo,
     opts: &Options,
 ) -> Result<Report, String> {
     let v = model.config.vocab_size;
-    if reference.n_vocab() != v {
-        return Err(format!(
-            "vocabulary sizes differ: reference {} ours {v}",
-            reference.n_vocab()
-        ));
-    }
-    let mut prompts = Vec::new();
-    let mut all_metrics = Vec::new();
-    let mut self_metrics = Vec::new();
-    let (mut sum_ref, mut sum_ours, mut count, mut all_greedy_ok) = (0f64, 0f64, 0usize, true);
+    let (primary, others) = references
+        .split_first_mut()
+        .ok_or("crossval needs at least one reference")?;
+    let mut seqs = Vec::new();
     for prompt in &opts.prompts {
         let ids = tok.encode(prompt, true, false);
-        let ref_ids = reference
-            .tokenize(prompt, true, false)
-            .map_err(|e| e.to_string())?;
-        let gen_n = opts.tokens.saturating_sub(ids.len());
+        if ids.is_empty() {
+            return Err(format!("prompt {prompt:?} encodes to no tokens"));
+        }
         let gen = generate(
             model,
             tok,
             &ids,
             &GenerateOptions {
-                max_tokens: gen_n,
+                max_tokens: opts.tokens.saturating_sub(ids.len()),
                 sampler: SamplerParams::greedy(),
                 stop: vec![],
                 ignore_eos: true,
@@ -177,74 +472,102 @@ pub fn run(
         .map_err(|e| e.to_string())?;
         let mut seq = ids.clone();
         seq.extend(&gen.tokens);
-        let ours = our_logits(model, &seq, opts.mode)?;
-        let theirs = reference
-            .logits(&seq, opts.mode == Mode::Batch)
-            .map_err(|e| e.to_string())?;
-        let metrics = compare_all(&theirs, &ours, v);
-        let reference_self = if opts.mode == Mode::Batch {
-            let one_by_one = reference.logits(&seq, false).map_err(|e| e.to_string())?;
-            let m = compare_all(&one_by_one, &theirs, v);
-            self_metrics.extend(m.iter().cloned());
-            Some(summarize(&m, f64::NAN, f64::NAN, true))
-        } else {
-            None
-        };
-        let (mut nr, mut no) = (0f64, 0f64);
-        for p in 0..seq.len() - 1 {
-            nr += nll(&theirs[p * v..(p + 1) * v], seq[p + 1]);
-            no += nll(&ours[p * v..(p + 1) * v], seq[p + 1]);
+        if seq.len() < 2 {
+            return Err(format!(
+                "prompt {prompt:?}: a sequence needs at least 2 tokens"
+            ));
         }
-        let npred = (seq.len() - 1).max(1) as f64;
-        sum_ref += nr;
-        sum_ours += no;
-        count += seq.len() - 1;
-        // Greedy: our token at p + 1 was our argmax at p; where the reference's differs first,
-        // its generation would have diverged.
-        let divergence = (ids.len() - 1..seq.len() - 1)
-            .find(|&p| metrics[p].top1_ref != seq[p + 1])
-            .map(|p| {
-                let row = &theirs[p * v..(p + 1) * v];
-                let margin = (row[metrics[p].top1_ref as usize] - row[seq[p + 1] as usize]) as f64;
-                Divergence {
-                    generated_index: p + 1 - ids.len(),
-                    position: p,
-                    ours: seq[p + 1],
-                    reference: metrics[p].top1_ref,
-                    ref_margin: margin,
-                    near_tie: margin < opts.near_tie,
-                }
-            });
-        let greedy_ok = divergence.as_ref().is_none_or(|d| d.near_tie);
-        all_greedy_ok &= greedy_ok;
-        let summary = summarize(&metrics, nr / npred, no / npred, greedy_ok);
-        all_metrics.extend(metrics.iter().cloned());
-        prompts.push(PromptReport {
+        let ours = our_logits(model, &seq, opts.mode)?;
+        seqs.push(Sequence {
             prompt: prompt.clone(),
-            prompt_tokens: ids.len(),
-            tokenizer_match: ids == ref_ids,
-            reference_tokens: ref_ids,
-            tokens: seq,
+            prompt_tokens: ids,
             generated: gen.tokens.len(),
-            greedy_divergence: divergence,
-            summary,
+            seq,
+            ours,
+        });
+    }
+
+    let mut prompts = Vec::new();
+    let mut all = Vec::new();
+    let mut self_all = Vec::new();
+    let (mut sum_ref, mut sum_ours, mut count, mut all_greedy_ok) = (0f64, 0f64, 0usize, true);
+    for s in &seqs {
+        let j = judge(primary, s, v, opts, true)?;
+        let npred = (s.seq.len() - 1) as f64;
+        sum_ref += j.nll_ref;
+        sum_ours += j.nll_ours;
+        count += s.seq.len() - 1;
+        let greedy_ok = j.divergence.as_ref().is_none_or(|d| d.near_tie);
+        all_greedy_ok &= greedy_ok;
+        let reference_self = j.reference_self.map(|m| {
+            self_all.extend(m.iter().cloned());
+            summarize(&m, f64::NAN, f64::NAN, true, opts.near_tie)
+        });
+        all.extend(j.metrics.iter().cloned());
+        prompts.push(PromptReport {
+            prompt: s.prompt.clone(),
+            prompt_tokens: s.prompt_tokens.len(),
+            tokenizer_match: s.prompt_tokens == j.reference_tokens,
+            reference_tokens: j.reference_tokens,
+            tokens: s.seq.clone(),
+            generated: s.generated,
+            summary: summarize(
+                &j.metrics,
+                j.nll_ref / npred,
+                j.nll_ours / npred,
+                greedy_ok,
+                opts.near_tie,
+            ),
+            greedy_divergence: j.divergence,
             reference_self,
-            positions: metrics,
+            positions: j.metrics,
         });
     }
     let c = count.max(1) as f64;
-    let mut aggregate = summarize(&all_metrics, sum_ref / c, sum_ours / c, all_greedy_ok);
+    let mut aggregate = summarize(
+        &all,
+        sum_ref / c,
+        sum_ours / c,
+        all_greedy_ok,
+        opts.near_tie,
+    );
     aggregate.first_divergence = prompts.iter().find_map(|p| p.summary.first_divergence);
+
+    let mut other_reports = Vec::new();
+    for r in others.iter_mut() {
+        let (mut all, mut nr, mut no, mut ok, mut tok_ok) = (Vec::new(), 0f64, 0f64, true, true);
+        let (mut divergences, mut first) = (Vec::new(), None);
+        for s in &seqs {
+            let j = judge(r, s, v, opts, false)?;
+            tok_ok &= j.reference_tokens == s.prompt_tokens;
+            ok &= j.divergence.as_ref().is_none_or(|d| d.near_tie);
+            nr += j.nll_ref;
+            no += j.nll_ours;
+            first = first.or(j.metrics.iter().find(|m| !m.top1_match).map(|m| m.pos));
+            all.extend(j.metrics);
+            divergences.push(j.divergence);
+        }
+        let mut aggregate = summarize(&all, nr / c, no / c, ok, opts.near_tie);
+        aggregate.first_divergence = first;
+        other_reports.push(OtherReference {
+            reference: r.name(),
+            tokenizer_match: tok_ok,
+            greedy_divergences: divergences,
+            aggregate,
+        });
+    }
     Ok(Report {
-        schema_version: "1".into(),
+        schema_version: "2".into(),
         model: info,
         mode: opts.mode,
         threads: model.threads,
         near_tie: opts.near_tie,
+        reference: primary.name(),
         prompts,
         aggregate,
         reference_self: (opts.mode == Mode::Batch)
-            .then(|| summarize(&self_metrics, f64::NAN, f64::NAN, true)),
+            .then(|| summarize(&self_all, f64::NAN, f64::NAN, true, opts.near_tie)),
+        others: other_reports,
     })
 }
 
@@ -254,35 +577,50 @@ fn compare_all(reference: &[f32], ours: &[f32], v: usize) -> Vec<PositionMetrics
         .collect()
 }
 
-/// A fixed-width table of the per-prompt summaries and the aggregate.
+/// A fixed-width table of the per-prompt summaries and the aggregate, then one row per other
+/// reference.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "crossval {} ({:?}, {} threads)\n{:<40} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8}\n",
+        "crossval {} ({:?}, {} threads) vs {}\n{:<40} {:>5} {:>9} {:>9} {:>9} {:>8} {:>14} {:>7} {:>9} {:>8}\n",
         r.model.path,
         r.mode,
         r.threads,
+        r.reference.as_str(),
         "prompt",
         "pos",
         "cos min",
         "max |d|",
         "KL mean",
         "top-1",
+        "decisive/ties",
         "top-5",
         "dNLL",
         "greedy"
     );
     let row = |name: &str, m: &Summary| {
         format!(
-            "{:<40} {:>5} {:>9.6} {:>9.4} {:>9.2e} {:>8.1}% {:>7.3} {:>+9.5} {:>8}\n",
+            "{:<40} {:>5} {:>9.6} {:>9.4} {:>9.2e} {:>7.1}% {:>8.1}% /{:>4} {:>7.3} {:>+9.5} {:>8}\n",
             name.chars().take(40).collect::<String>(),
             m.positions,
             m.cosine_min,
             m.max_abs_diff,
             m.kl_mean,
             m.top1_agreement * 100.0,
+            m.top1_decisive * 100.0,
+            m.near_ties,
             m.top5_overlap_mean,
             m.nll_delta,
             if m.greedy_ok { "ok" } else { "DIVERGED" }
+        )
+    };
+    let divergence = |d: &Divergence| {
+        format!(
+            "  greedy diverges at generated token {} (ours {} vs reference {}, reference margin {:.4}{})\n",
+            d.generated_index,
+            d.ours,
+            d.reference,
+            d.ref_margin,
+            if d.near_tie { ", near-tie" } else { "" }
         )
     };
     for p in &r.prompts {
@@ -291,14 +629,7 @@ pub fn table(r: &Report) -> String {
             s += "  tokenizer mismatch with the reference\n";
         }
         if let Some(d) = &p.greedy_divergence {
-            s += &format!(
-                "  greedy diverges at generated token {} (ours {} vs reference {}, reference margin {:.4}{})\n",
-                d.generated_index,
-                d.ours,
-                d.reference,
-                d.ref_margin,
-                if d.near_tie { ", near-tie" } else { "" }
-            );
+            s += &divergence(d);
         }
     }
     s += &row("ALL", &r.aggregate);
@@ -309,6 +640,15 @@ pub fn table(r: &Report) -> String {
             n.max_abs_diff,
             n.top1_agreement * 100.0
         );
+    }
+    for o in &r.others {
+        s += &row(&format!("ALL vs {}", o.reference.as_str()), &o.aggregate);
+        if !o.tokenizer_match {
+            s += "  tokenizer mismatch with this reference\n";
+        }
+        for d in o.greedy_divergences.iter().flatten() {
+            s += &divergence(d);
+        }
     }
     s
 }

@@ -1,7 +1,8 @@
 //! Gates declared as data (`ci/gates.toml`): each has an id, a kind, inputs, thresholds and
 //! `required`. A gate run produces measurements (a JSON object); thresholds are checked
 //! against them generically: `name = { min = .., max = .., abs_max = .. }` or an exact value
-//! (`greedy_ok = true`). A threshold naming a measurement that does not exist fails the gate.
+//! (`greedy_ok = true`); a measurement that is itself an object takes a table of thresholds
+//! (`"bitnet.cpp-2026" = { cosine_min = { min = 0.999 } }`). A threshold naming a measurement that does not exist fails the gate.
 
 use crate::models::ModelSpec;
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,14 @@ pub fn check_thresholds(thresholds: &toml::Table, m: &Json) -> Vec<String> {
             continue;
         };
         match want {
+            // A table of thresholds for a group of measurements (another reference's figures).
+            toml::Value::Table(inner) if got.is_object() => {
+                misses.extend(
+                    check_thresholds(inner, got)
+                        .into_iter()
+                        .map(|miss| format!("{name}.{miss}")),
+                );
+            }
             toml::Value::Table(bounds) => {
                 for (op, bound) in bounds {
                     let ok = match (op.as_str(), num(bound), got.as_f64()) {
@@ -193,5 +202,23 @@ mod tests {
             1,
             "a threshold on a missing measurement fails"
         );
+    }
+
+    #[test]
+    fn grouped_thresholds_check_the_group() {
+        let m = serde_json::json!({"cosine_min": 0.9995, "bitnet.cpp-2026": {"cosine_min": 0.99, "greedy_ok": true}});
+        let t: toml::Table = toml::from_str(
+            "\"bitnet.cpp-2026\" = { cosine_min = { min = 0.999 }, greedy_ok = true }",
+        )
+        .unwrap();
+        let misses = check_thresholds(&t, &m);
+        assert_eq!(misses.len(), 1, "{misses:?}");
+        assert!(
+            misses[0].starts_with("bitnet.cpp-2026.cosine_min"),
+            "{misses:?}"
+        );
+        let t: toml::Table =
+            toml::from_str("transformers = { cosine_min = { min = 0.9 } }").unwrap();
+        assert_eq!(check_thresholds(&t, &m).len(), 1, "a missing group fails");
     }
 }

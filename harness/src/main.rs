@@ -1,4 +1,4 @@
-use bitnet_validate::crossval::{self, Mode};
+use bitnet_validate::crossval::{self, Mode, RefName};
 use bitnet_validate::gates::{self, Context, GatesFile};
 use bitnet_validate::{report, runners};
 use clap::{Parser, Subcommand};
@@ -33,6 +33,15 @@ enum Cmd {
         tokens: usize,
         #[arg(long, default_value_t = 0.5)]
         near_tie: f64,
+        /// The reference judged (the exit code follows its greedy verdict).
+        #[arg(long, value_enum, default_value = "bitnet.cpp-0.0.5")]
+        reference: RefName,
+        /// Further references reported beside it (repeatable).
+        #[arg(long, value_enum)]
+        also: Vec<RefName>,
+        /// The HF checkpoint the model was converted from (for `transformers`).
+        #[arg(long)]
+        fixture: Option<PathBuf>,
         #[arg(short, long)]
         threads: Option<usize>,
         /// Write the JSON report here.
@@ -160,6 +169,9 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             mode,
             tokens,
             near_tie,
+            reference,
+            also,
+            fixture,
             threads: t,
             json,
         } => {
@@ -180,8 +192,10 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             let tok =
                 bitnet::tokenizer::Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
             let ctx = tokens.max(64).min(m.config.context_length);
-            let mut reference = bitnet_crossval::RefModel::load(&model, ctx, m.threads)
-                .map_err(|e| e.to_string())?;
+            let mut references = std::iter::once(reference)
+                .chain(also)
+                .map(|r| crossval::Reference::open(r, &model, fixture.as_deref(), ctx, m.threads))
+                .collect::<Result<Vec<_>, _>>()?;
             let opts = crossval::Options {
                 mode,
                 tokens,
@@ -191,7 +205,7 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             let r = crossval::run(
                 &m,
                 &tok,
-                &mut reference,
+                &mut references,
                 runners::model_info(&m, &model)?,
                 &opts,
             )?;

@@ -1,5 +1,5 @@
 //! Models a gate needs, described as data and built on demand (converted from the shared
-//! checkpoint, synthesised, or an existing file). Built files are cached in the work directory:
+//! checkpoint or from a Hugging Face fixture, synthesised, or an existing file). Built files are cached in the work directory:
 //! conversion and synthesis are deterministic, so a cached file is the file.
 
 use crate::gates::Context;
@@ -39,6 +39,25 @@ pub enum ModelSpec {
         heads: Option<usize>,
         #[serde(default)]
         kv_heads: Option<usize>,
+        /// The vocabulary GGUF (relative to the shared directory) instead of the preset's.
+        #[serde(default)]
+        vocab: Option<String>,
+        /// `"published"`: rewritten to the metadata layout of Microsoft's published 2B-4T
+        /// GGUF (`bitnet-b1.58.*` keys, no pre-tokenizer key, the placeholder template).
+        #[serde(default)]
+        layout: Option<String>,
+        /// RoPE base written into the file (default: the preset's).
+        #[serde(default)]
+        rope_theta: Option<f32>,
+    },
+    /// A Hugging Face `BitNetForCausalLM` fixture (`crossval/hf/fixtures/NAME`, made by
+    /// transformers itself), converted with `bitnet convert hf`.
+    Hf {
+        fixture: String,
+        #[serde(default = "i2s")]
+        weights: String,
+        #[serde(default = "f32")]
+        embedding: String,
     },
     /// An existing GGUF (relative paths are relative to the shared directory).
     File { path: String },
@@ -72,9 +91,12 @@ impl ModelSpec {
                 layers,
                 heads,
                 kv_heads,
+                vocab,
+                layout,
+                rope_theta,
             } => {
                 let o = |v: &Option<usize>| v.map_or("d".to_string(), |v| v.to_string());
-                format!(
+                let mut k = format!(
                     "synth-{preset}-{seed}-{}-{weights}-{embedding}-h{}-f{}-l{}-a{}-k{}",
                     activation.as_deref().unwrap_or("default"),
                     o(hidden),
@@ -82,9 +104,34 @@ impl ModelSpec {
                     o(layers),
                     o(heads),
                     o(kv_heads)
-                )
+                );
+                if let Some(v) = vocab {
+                    k += &format!("-v{}", v.replace(['/', '\\'], "_"));
+                }
+                if let Some(l) = layout {
+                    k += &format!("-{l}");
+                }
+                if let Some(t) = rope_theta {
+                    k += &format!("-rope{t}");
+                }
+                k
             }
+            ModelSpec::Hf {
+                fixture,
+                weights,
+                embedding,
+            } => format!("hf-{fixture}-{weights}-{embedding}"),
             ModelSpec::File { path } => path.replace(['/', '\\'], "_"),
+        }
+    }
+
+    /// The HF checkpoint directory a `hf` model is converted from.
+    pub fn fixture_dir(&self, ctx: &Context) -> Option<PathBuf> {
+        match self {
+            ModelSpec::Hf { fixture, .. } => {
+                Some(ctx.root.join("crossval/hf/fixtures").join(fixture))
+            }
+            _ => None,
         }
     }
 
@@ -129,6 +176,9 @@ impl ModelSpec {
                 layers,
                 heads,
                 kv_heads,
+                vocab,
+                layout,
+                rope_theta,
             } => {
                 let preset = synth::Preset::parse(preset).map_err(|e| e.to_string())?;
                 let shape = synth::ShapeOverrides {
@@ -146,9 +196,51 @@ impl ModelSpec {
                     shape,
                 )
                 .map_err(|e| e.to_string())?;
-                let vocab = ctx.shared.join(preset.default_vocab());
-                synth::synth_file(preset, Some(&vocab), &opts, &out, &mut |_, _| {})
+                let vocab = ctx
+                    .shared
+                    .join(vocab.as_deref().unwrap_or(preset.default_vocab()));
+                let published = match layout.as_deref() {
+                    None => false,
+                    Some("published") => true,
+                    Some(l) => return Err(format!("layout {l:?} (only \"published\")")),
+                };
+                let synth_out = if published || rope_theta.is_some() {
+                    dir.join(format!("{}.src.gguf", self.key()))
+                } else {
+                    out.clone()
+                };
+                synth::synth_file(preset, Some(&vocab), &opts, &synth_out, &mut |_, _| {})
                     .map_err(|e| e.to_string())?;
+                if synth_out != out {
+                    let theta = *rope_theta;
+                    let rewrite = |k: &str, v: bitnet::gguf::Value| match theta {
+                        Some(t) if k.ends_with(".rope.freq_base") => {
+                            Some(bitnet::gguf::Value::F32(t))
+                        }
+                        _ => Some(v),
+                    };
+                    let r = if published {
+                        convert::to_published_layout(&synth_out, &out, &rewrite)
+                    } else {
+                        convert::rewrite_metadata(&synth_out, &out, &rewrite)
+                    };
+                    let _ = std::fs::remove_file(&synth_out);
+                    r.map_err(|e| e.to_string())?;
+                }
+            }
+            ModelSpec::Hf {
+                fixture,
+                weights,
+                embedding,
+            } => {
+                let src = ctx.root.join("crossval/hf/fixtures").join(fixture);
+                let opts = convert::hf::Options {
+                    weights: WeightFormat::parse(weights).map_err(|e| e.to_string())?,
+                    embedding: convert::EmbedFormat::parse(embedding).map_err(|e| e.to_string())?,
+                    tokenizer_pre: None,
+                };
+                convert::hf::convert(&src, &out, opts, &mut |_, _| {})
+                    .map_err(|e| format!("{}: {e}", src.display()))?;
             }
         }
         Ok(out)

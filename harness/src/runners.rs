@@ -1,7 +1,7 @@
 //! What each gate kind measures. Every runner returns a one-line summary and a JSON object of
 //! measurements that the gate's thresholds are checked against.
 
-use crate::crossval::{self, Mode, ModelInfo, Options};
+use crate::crossval::{self, Mode, ModelInfo, Options, RefName, Reference};
 use crate::gates::{Context, Gate};
 use bitnet::gguf::Gguf;
 use bitnet::model::Model;
@@ -75,19 +75,57 @@ pub fn crossval_options(g: &Gate) -> Result<Options, String> {
     })
 }
 
+/// The references of a crossval gate: `reference` (judged; default BitNet.cpp 0.0.5) and
+/// `also` (reported beside it).
+pub fn crossval_references(g: &Gate) -> Result<Vec<RefName>, String> {
+    let mut names = vec![match input_str(g, "reference") {
+        None => RefName::Cpp2024,
+        Some(r) => RefName::parse(r)?,
+    }];
+    if let Some(v) = g.inputs.get("also") {
+        for r in v
+            .as_array()
+            .ok_or("also must be an array of reference names")?
+        {
+            names.push(RefName::parse(
+                r.as_str()
+                    .ok_or("also must be an array of reference names")?,
+            )?);
+        }
+    }
+    Ok(names)
+}
+
 pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
     let spec = g.model.as_ref().ok_or("a crossval gate needs a model")?;
     let path = spec.materialize(ctx)?;
     let mut model = Model::load(&path).map_err(|e| e.to_string())?;
     model.threads = ctx.threads;
     let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
-    let opts = crossval_options(g)?;
+    let mut opts = crossval_options(g)?;
     let ctx_len = opts.tokens.max(64).min(model.config.context_length);
-    let mut reference = RefModel::load(&path, ctx_len, ctx.threads).map_err(|e| e.to_string())?;
+    let fixture = spec.fixture_dir(ctx);
+    let mut references = crossval_references(g)?
+        .into_iter()
+        .map(|r| Reference::open(r, &path, fixture.as_deref(), ctx_len, ctx.threads))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(Reference::Transformers { text, .. }) = references.first() {
+        // transformers' logits exist for the fixture's own tokens only: no other prompt, no
+        // continuation (every reference then sees exactly those tokens).
+        if g.inputs.contains_key("prompts") || g.inputs.contains_key("tokens") {
+            return Err(
+                "a gate judged against transformers runs the fixture's own text and \
+                        tokens: give no prompts or tokens"
+                    .into(),
+            );
+        }
+        opts.prompts = vec![text.clone()];
+        opts.tokens = 0;
+    }
     let report = crossval::run(
         &model,
         &tok,
-        &mut reference,
+        &mut references,
         model_info(&model, &path)?,
         &opts,
     )?;
@@ -95,25 +133,25 @@ pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(format!("{}.json", g.id)), json).map_err(|e| e.to_string())?;
-    let mut m = serde_json::to_value(&report.aggregate).map_err(|e| e.to_string())?;
-    m["tokenizer_match"] = json!(report.prompts.iter().all(|p| p.tokenizer_match));
-    if let Some(n) = &report.reference_self {
-        // The reference's own batch-vs-sequential disagreement, measured in the same run.
-        m["reference_self_cosine_min"] = json!(n.cosine_min);
-        m["reference_self_max_abs_diff"] = json!(n.max_abs_diff);
-        m["reference_self_top1_agreement"] = json!(n.top1_agreement);
+    let line = |name: &str, a: &crossval::Summary| {
+        format!(
+            "vs {name}: {} positions, top-1 {:.1}% ({:.1}% decisive, {} near-ties), cosine min {:.6}, max |d| {:.4}, dNLL {:+.5}, greedy {}",
+            a.positions,
+            a.top1_agreement * 100.0,
+            a.top1_decisive * 100.0,
+            a.near_ties,
+            a.cosine_min,
+            a.max_abs_diff,
+            a.nll_delta,
+            if a.greedy_ok { "ok" } else { "diverged" }
+        )
+    };
+    let mut summary = line(report.reference.as_str(), &report.aggregate);
+    for o in &report.others {
+        summary += "; ";
+        summary += &line(o.reference.as_str(), &o.aggregate);
     }
-    let a = &report.aggregate;
-    let summary = format!(
-        "{} positions: top-1 {:.1}%, cosine min {:.6}, max |d| {:.4}, dNLL {:+.5}, greedy {}",
-        a.positions,
-        a.top1_agreement * 100.0,
-        a.cosine_min,
-        a.max_abs_diff,
-        a.nll_delta,
-        if a.greedy_ok { "ok" } else { "diverged" }
-    );
-    Ok((summary, m))
+    Ok((summary, report.measurements()))
 }
 
 /// Our I2_S matmul vs the reference's on random shapes: every output bit must match.
@@ -212,7 +250,14 @@ pub fn tokenizer(g: &Gate, ctx: &Context) -> RunResult {
     let cases: Vec<&str> = corpus.split("\n---\n").collect();
     let file = Gguf::open(&vocab_path).map_err(|e| e.to_string())?;
     let ours = Tokenizer::from_gguf(&file).map_err(|e| e.to_string())?;
-    let theirs = RefModel::load_vocab(&vocab_path).map_err(|e| e.to_string())?;
+    // The reference may read another vocabulary file: the published 2B-4T layout has no
+    // `tokenizer.ggml.pre`, which llama.cpp reads as its 'default' split, so our inferred split
+    // is judged against the vocabulary with the key.
+    let ref_path = match input_str(g, "reference_vocab") {
+        Some(v) => ctx.shared.join(v),
+        None => vocab_path.clone(),
+    };
+    let theirs = RefModel::load_vocab(&ref_path).map_err(|e| e.to_string())?;
     let (mut mismatches, mut roundtrip_failures, mut compared) = (0usize, 0usize, 0usize);
     let mut first = None;
     for case in &cases {

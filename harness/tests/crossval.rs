@@ -5,7 +5,7 @@
 use bitnet::model::{Activation, Model};
 use bitnet::tokenizer::Tokenizer;
 use bitnet_crossval::RefModel;
-use bitnet_validate::crossval::{self, Report};
+use bitnet_validate::crossval::{self, Reference, Report};
 use bitnet_validate::gates::{check_thresholds, Context, GatesFile};
 use bitnet_validate::models::ModelSpec;
 use bitnet_validate::runners;
@@ -61,7 +61,22 @@ fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
     model.threads = 2;
     mutate(&mut model);
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
-    let mut reference = RefModel::load(&path, 128, 2).unwrap();
+    // The gate's references: 0.0.5 judged, 2026 held beside it.
+    let f = GatesFile::load(&root().join("ci/gates.toml")).unwrap();
+    let gate = f
+        .gates
+        .iter()
+        .find(|g| g.id == "crossval-real-i2s-seq")
+        .unwrap();
+    let mut references = runners::crossval_references(gate)
+        .unwrap()
+        .into_iter()
+        .map(|r| Reference::open(r, &path, None, 128, 2).unwrap())
+        .collect::<Vec<_>>();
+    assert!(
+        references.len() >= 2,
+        "the real-model gate reports both references"
+    );
     let opts = crossval::Options {
         mode: crossval::Mode::Seq,
         tokens: 101,
@@ -71,17 +86,73 @@ fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
     crossval::run(
         &model,
         &tok,
-        &mut reference,
+        &mut references,
         runners::model_info(&model, &path).unwrap(),
         &opts,
     )
     .unwrap()
 }
 
+/// Runs the declared gate `id` on its model with the engine's configuration changed by
+/// `mutate`; returns the threshold misses.
+fn gate_misses_with(id: &str, mutate: impl Fn(&mut Model)) -> Vec<String> {
+    let ctx = context();
+    let f = GatesFile::load(&root().join("ci/gates.toml")).unwrap();
+    let gate = f.gates.iter().find(|g| g.id == id).expect("gate declared");
+    let spec = gate.model.as_ref().unwrap();
+    let path = {
+        let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        spec.materialize(&ctx).unwrap()
+    };
+    let mut model = Model::load(&path).unwrap();
+    model.threads = 2;
+    mutate(&mut model);
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let mut references = runners::crossval_references(gate)
+        .unwrap()
+        .into_iter()
+        .map(|r| Reference::open(r, &path, spec.fixture_dir(&ctx).as_deref(), 128, 2).unwrap())
+        .collect::<Vec<_>>();
+    let opts = runners::crossval_options(gate).unwrap();
+    let r = crossval::run(
+        &model,
+        &tok,
+        &mut references,
+        runners::model_info(&model, &path).unwrap(),
+        &opts,
+    )
+    .unwrap();
+    check_thresholds(&gate.thresholds, &r.measurements())
+}
+
+#[test]
+fn the_published_layout_gate_passes_and_catches_wrong_hyperparameters() {
+    // The gate judged by BitNet.cpp 2026 on a bitnet-b1.58 file (relu2, GQA, theta 500000)
+    // passes as built, and fails for each wrong reading of what that file says.
+    let id = "crossval-b158-published-seq";
+    let misses = gate_misses_with(id, |_| {});
+    assert!(
+        misses.is_empty(),
+        "unmodified engine misses {id}: {misses:?}"
+    );
+    type Fault<'a> = (&'a str, &'a dyn Fn(&mut Model));
+    let faults: [Fault; 2] = [
+        ("silu instead of relu2", &|m| {
+            m.config.activation = Activation::Silu
+        }),
+        ("rope theta 10000 instead of 500000", &|m| {
+            m.config.rope_theta = 10000.0
+        }),
+    ];
+    for (what, fault) in faults {
+        let misses = gate_misses_with(id, fault);
+        println!("{what}: {misses:?}");
+        assert!(!misses.is_empty(), "{id} must reject {what}");
+    }
+}
+
 fn measurements(r: &Report) -> serde_json::Value {
-    let mut m = serde_json::to_value(&r.aggregate).unwrap();
-    m["tokenizer_match"] = serde_json::json!(r.prompts.iter().all(|p| p.tokenizer_match));
-    m
+    r.measurements()
 }
 
 #[test]
@@ -141,12 +212,12 @@ fn synthetic_gate_rejects_relu2_instead_of_silu() {
     model.threads = 2;
     model.config.activation = Activation::Relu2;
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
-    let mut reference = RefModel::load(&path, 64, 2).unwrap();
+    let mut references = [Reference::Cpp2024(RefModel::load(&path, 64, 2).unwrap())];
     let opts = runners::crossval_options(gate).unwrap();
     let r = crossval::run(
         &model,
         &tok,
-        &mut reference,
+        &mut references,
         runners::model_info(&model, &path).unwrap(),
         &opts,
     )

@@ -560,30 +560,57 @@ pub fn to_published_layout(
     out: &Path,
     edit: &dyn Fn(&str, Value) -> Option<Value>,
 ) -> Result<(), ConvertError> {
+    copy_with_metadata(src, out, &mut |g, w| {
+        for (k, v) in g.metadata() {
+            if k == "tokenizer.ggml.pre"
+                || k.ends_with(".hidden_activation")
+                || k == "tokenizer.chat_template"
+            {
+                continue;
+            }
+            let (k, v) = match (k.as_str(), k.strip_prefix("bitnet.")) {
+                ("general.architecture", _) => (k.clone(), Value::String("bitnet-b1.58".into())),
+                (_, Some(rest)) => (format!("bitnet-b1.58.{rest}"), v.clone()),
+                _ => (k.clone(), v.clone()),
+            };
+            if let Some(v) = edit(&k, v) {
+                w.kv(&k, v);
+            }
+        }
+        if let Some(v) = edit(
+            "tokenizer.chat_template",
+            Value::String(BITNET_PLACEHOLDER_TEMPLATE.into()),
+        ) {
+            w.kv("tokenizer.chat_template", v);
+        }
+    })
+}
+
+/// Copies a GGUF with `edit` applied to each metadata value (None drops the key); tensors
+/// unchanged.
+pub fn rewrite_metadata(
+    src: &Path,
+    out: &Path,
+    edit: &dyn Fn(&str, Value) -> Option<Value>,
+) -> Result<(), ConvertError> {
+    copy_with_metadata(src, out, &mut |g, w| {
+        for (k, v) in g.metadata() {
+            if let Some(v) = edit(k, v.clone()) {
+                w.kv(k, v);
+            }
+        }
+    })
+}
+
+/// Copies `src` to `out` with the metadata `meta` writes and the same tensors.
+fn copy_with_metadata(
+    src: &Path,
+    out: &Path,
+    meta: &mut dyn FnMut(&Gguf, &mut GgufWriter),
+) -> Result<(), ConvertError> {
     let g = Gguf::open(src)?;
     let mut w = GgufWriter::new();
-    for (k, v) in g.metadata() {
-        if k == "tokenizer.ggml.pre"
-            || k.ends_with(".hidden_activation")
-            || k == "tokenizer.chat_template"
-        {
-            continue;
-        }
-        let (k, v) = match (k.as_str(), k.strip_prefix("bitnet.")) {
-            ("general.architecture", _) => (k.clone(), Value::String("bitnet-b1.58".into())),
-            (_, Some(rest)) => (format!("bitnet-b1.58.{rest}"), v.clone()),
-            _ => (k.clone(), v.clone()),
-        };
-        if let Some(v) = edit(&k, v) {
-            w.kv(&k, v);
-        }
-    }
-    if let Some(v) = edit(
-        "tokenizer.chat_template",
-        Value::String(BITNET_PLACEHOLDER_TEMPLATE.into()),
-    ) {
-        w.kv("tokenizer.chat_template", v);
-    }
+    meta(&g, &mut w);
     for t in g.tensors() {
         w.tensor(&t.name, &t.dims, t.ty);
     }

@@ -11,7 +11,10 @@
 //! (`large` is bitnet_b1_58-large's shape with the 32000-token SPM vocabulary instead of its
 //! 32002; `2b-4t` is BitNet b1.58 2B-4T's shape.)
 
-use super::{write_bitnet, BitnetTensors, ConvertError, FloatFormat, Ternary, Vocab, WeightFormat};
+use super::{
+    write_bitnet, BitnetTensors, ConvertError, EmbedFormat, FloatFormat, Ternary, Vocab,
+    WeightFormat,
+};
 use crate::model::{Activation, Config};
 use crate::sample::Rng;
 use std::path::Path;
@@ -83,7 +86,7 @@ fn random_ternary(rows: usize, cols: usize, seed: u64) -> Ternary {
 
 pub struct SynthOptions {
     pub weights: WeightFormat,
-    pub embedding: FloatFormat,
+    pub embedding: EmbedFormat,
     pub seed: u64,
     pub activation: Option<Activation>,
     pub shape: ShapeOverrides,
@@ -106,7 +109,7 @@ impl SynthOptions {
         };
         Ok(SynthOptions {
             weights: WeightFormat::parse(weights)?,
-            embedding: FloatFormat::parse(embedding)?,
+            embedding: EmbedFormat::parse(embedding)?,
             seed,
             activation,
             shape,
@@ -196,7 +199,7 @@ pub fn synth(
     };
     let mut t = BitnetTensors::new();
     let (vocab_n, s) = (cfg.vocab_size, next_seed());
-    t.float(
+    t.embedding(
         "token_embd.weight",
         &[dim as u64, vocab_n as u64],
         opts.embedding,
@@ -206,7 +209,7 @@ pub fn synth(
                 .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
                 .collect()
         },
-    );
+    )?;
     t.float(
         "output_norm.weight",
         &[dim as u64],
