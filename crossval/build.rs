@@ -43,9 +43,10 @@ const REF_2024: Ref = Ref {
 
 /// The January-2026 BitNet.cpp (new I2_S GEMM/GEMV, arch `bitnet-b1.58` with relu2). Its
 /// ggml_*/llama_* symbols clash with the 2024 ones, so it is linked into its own executable,
-/// `ref2026` (shim/ref2026.cpp), run as a child process. Built without OpenMP (ggml's own
-/// thread pool): the logits are bit-identical to its OpenMP build, and OpenMP's spinning
-/// threads collapse when another process shares the cores.
+/// `ref2026` (shim/ref2026.cpp), run as a child process. Built as its users build it (its
+/// CMake and the crate's own build script: Release, native, GGML_OPENMP on, so ggml's threads
+/// are an OpenMP team), since it is also the timing baseline of `bitnet bench --vs-reference`
+/// and the perf gates. Its logits are bit-identical to a build without OpenMP.
 const REF_2026: Ref = Ref {
     pkg: "bitnet-llm-sys-1.0.2",
     crate_sha256: "3f00c00c792b849b395409483b316ab29d2286ede404321ef966f9a2ccab12d7",
@@ -160,6 +161,14 @@ fn base_build(includes: &[PathBuf], cpp: bool) -> cc::Build {
     b
 }
 
+/// GGML_OPENMP=ON as the fork's CMake sets it when OpenMP is found (gcc's libgomp).
+fn with_openmp(mut b: cc::Build, openmp: bool) -> cc::Build {
+    if openmp {
+        b.define("GGML_USE_OPENMP", None).flag("-fopenmp");
+    }
+    b
+}
+
 /// The cache directory for a build key: `<target>/bitnet-ref-cache/<key>`.
 fn cache_dir(out: &Path, key: &str) -> PathBuf {
     // OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg-hash>/out
@@ -171,7 +180,13 @@ fn cache_dir(out: &Path, key: &str) -> PathBuf {
 }
 
 /// The vendored sources of `r` compiled to objects (C and C++ in parallel).
-fn vendor_objects(llama: &Path, bitnet: &Path, includes: &[PathBuf], work: &Path) -> Vec<PathBuf> {
+fn vendor_objects(
+    llama: &Path,
+    bitnet: &Path,
+    includes: &[PathBuf],
+    work: &Path,
+    openmp: bool,
+) -> Vec<PathBuf> {
     let c_files: Vec<PathBuf> = C_SOURCES.iter().map(|f| llama.join(f)).collect();
     let cxx_files: Vec<PathBuf> = CXX_SOURCES
         .iter()
@@ -180,12 +195,12 @@ fn vendor_objects(llama: &Path, bitnet: &Path, includes: &[PathBuf], work: &Path
         .collect();
     let (c_objs, cxx_objs) = std::thread::scope(|s| {
         let c = s.spawn(|| {
-            let mut b = base_build(includes, false);
+            let mut b = with_openmp(base_build(includes, false), openmp);
             b.files(&c_files).out_dir(work.join("c"));
             b.compile_intermediates()
         });
         let cxx = s.spawn(|| {
-            let mut b = base_build(includes, true);
+            let mut b = with_openmp(base_build(includes, true), openmp);
             b.files(&cxx_files).out_dir(work.join("cxx"));
             b.compile_intermediates()
         });
@@ -209,15 +224,18 @@ fn publish(from: &Path, to: &Path) {
 /// The 2026 reference as the `ref2026` executable, from the cache or freshly built into it.
 fn ref2026_exe(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) -> PathBuf {
     let shim = fs::read("shim/ref2026.cpp").expect("read shim/ref2026.cpp");
-    let key = cache_key(&REF_2026, &hex(&Sha256::digest(&shim)));
+    let key = cache_key(
+        &REF_2026,
+        &format!("openmp {}", hex(&Sha256::digest(&shim))),
+    );
     let exe = cache_dir(out, &key).join("ref2026");
     if exe.exists() {
         return exe;
     }
     let t0 = Instant::now();
     let work = out.join("ref2026");
-    let mut objs = vendor_objects(llama, bitnet, includes, &work);
-    let mut cli = base_build(includes, true);
+    let mut objs = vendor_objects(llama, bitnet, includes, &work, true);
+    let mut cli = with_openmp(base_build(includes, true), true);
     cli.file("shim/ref2026.cpp").out_dir(work.join("cli"));
     objs.extend(cli.compile_intermediates());
     let compiler = base_build(includes, true).get_compiler();
@@ -227,7 +245,7 @@ fn ref2026_exe(llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &Path) ->
         .arg("-o")
         .arg(&built)
         .args(&objs)
-        .args(["-pthread", "-lm"])
+        .args(["-fopenmp", "-pthread", "-lm"])
         .status()
         .expect("run the linker for ref2026");
     assert!(status.success(), "linking ref2026 failed");
@@ -251,7 +269,7 @@ fn vendor_lib(r: &Ref, llama: &Path, bitnet: &Path, includes: &[PathBuf], out: &
 
     let t0 = Instant::now();
     let work = out.join("vendor");
-    let objs = vendor_objects(llama, bitnet, includes, &work);
+    let objs = vendor_objects(llama, bitnet, includes, &work, false);
     cc::Build::new()
         .objects(&objs)
         .cargo_metadata(false)

@@ -6,11 +6,16 @@
 //       Teacher-forced logits of every position, from an empty KV cache.
 //       seq: one token per llama_decode; batch: all tokens in one llama_decode, logits for all.
 //       FILE: int32 n_tokens, int32 n_vocab, then n_tokens*n_vocab float32, row-major (LE).
-//   ref2026 bench MODEL.gguf [-p 128] [-n 32] [-t N] [-r 3]
-//       llama-bench style: a warm-up, then r repetitions of prompt processing (p random tokens
-//       as one batch, logits of the last only) and of generation (n tokens one at a time after
-//       an empty cache); prints medians as JSON on stdout.
+//   ref2026 bench MODEL.gguf [-p 128] [-n 32] [-t N] [-r 3] [--tokens LIST] [--after-prompt]
+//       llama-bench style: a warm-up, then r repetitions of prompt processing (p tokens as one
+//       batch, logits of the last only) and of generation (n tokens one at a time from an empty
+//       cache, or with --after-prompt after the prompt, as `bitnet bench` times it); tokens are
+//       random unless --tokens lists p + n ids; prints medians and every run as JSON on stdout.
 //   ref2026 info MODEL.gguf        architecture, vocabulary size, a few metadata keys.
+//   ref2026 matmul --rows R --cols C --n N --weights W.bin --x X.bin --out Y.bin [-t T] [-r K]
+//       ggml_mul_mat of an I2_S matrix (W.bin: R*C/4 packed bytes + 32-byte scale trailer, the
+//       GGUF tensor's bytes) by N f32 columns (X.bin, N*C floats): computed K times, Y.bin gets
+//       the R*N outputs (column-major by token, as ggml), stdout the seconds of every call as JSON.
 //   ref2026 tokenize MODEL.gguf --text-file FILE [--no-bos] [--special]
 //       The vocabulary's token ids for the file's bytes (BOS added unless --no-bos; special
 //       tokens in the text parsed only with --special), comma-separated on stdout.
@@ -169,12 +174,23 @@ double median(std::vector<double> v) {
 }
 
 int cmd_bench(int argc, char** argv) {
-    if (argc < 3) die("usage: ref2026 bench MODEL.gguf [-p 128] [-n 32] [-t N] [-r 3]");
+    if (argc < 3)
+        die("usage: ref2026 bench MODEL.gguf [-p 128] [-n 32] [-t N] [-r 3] [--tokens LIST] [--after-prompt]");
     const char* path = argv[2];
     int p = 128, n = 32, threads = default_threads(), reps = 3;
+    bool after_prompt = false;
+    std::vector<int32_t> given;
     for (int i = 3; i < argc; i++) {
         std::string a = argv[i];
+        if (a == "--after-prompt") {
+            after_prompt = true;
+            continue;
+        }
         if (i + 1 >= argc) die("missing value for " + a);
+        if (a == "--tokens") {
+            given = parse_tokens(argv[++i]);
+            continue;
+        }
         const int v = atoi(argv[++i]);
         if (a == "-p") p = v;
         else if (a == "-n") n = v;
@@ -183,20 +199,32 @@ int cmd_bench(int argc, char** argv) {
         else die("unknown argument " + a);
     }
     if (p < 0 || n < 0 || reps < 1 || threads < 1) die("bad arguments");
-    const int n_ctx = std::max(std::max(p, n), 8);
+    if (!given.empty() && (int)given.size() != p + n) die("--tokens must list p + n token ids");
+    if (after_prompt && p < 1) die("--after-prompt needs a prompt");
+    const int n_ctx = std::max(after_prompt ? p + n : std::max(p, n), 8);
     Engine e(path, n_ctx, std::max(p, 8), threads);
-    std::mt19937 rng(42);
-    std::uniform_int_distribution<int> dist(0, e.n_vocab - 1);
     std::vector<int32_t> prompt(std::max(p, 1)), gen(std::max(n, 1));
-    for (auto& t : prompt) t = dist(rng);
-    for (auto& t : gen) t = dist(rng);
+    if (given.empty()) {
+        std::mt19937 rng(42);
+        std::uniform_int_distribution<int> dist(0, e.n_vocab - 1);
+        for (auto& t : prompt) t = dist(rng);
+        for (auto& t : gen) t = dist(rng);
+    } else {
+        std::copy(given.begin(), given.begin() + p, prompt.begin());
+        std::copy(given.begin() + p, given.end(), gen.begin());
+    }
+    for (int32_t t : given)
+        if (t < 0 || t >= e.n_vocab) die("token id out of range: " + std::to_string(t));
     std::vector<float> last(e.n_vocab);
+    // Generation starts at position p after the prompt (as `bitnet bench` times it), or from an
+    // empty cache (as llama-bench does).
+    const int g0 = after_prompt ? p : 0;
 
     // warm-up (as llama-bench: one prompt batch and one generated token)
     llama_kv_cache_clear(e.ctx);
     if (p > 0) e.decode(prompt.data(), p, 0, p, true, last.data());
-    llama_kv_cache_clear(e.ctx);
-    if (n > 0) e.decode(gen.data(), 1, 0, 1, true, last.data());
+    if (!after_prompt) llama_kv_cache_clear(e.ctx);
+    if (n > 0) e.decode(gen.data(), 1, g0, 1, true, last.data());
 
     std::vector<double> pp, tg;
     for (int r = 0; r < reps; r++) {
@@ -207,9 +235,9 @@ int cmd_bench(int argc, char** argv) {
             pp.push_back(p / (now_s() - t0));
         }
         if (n > 0) {
-            llama_kv_cache_clear(e.ctx);
+            if (!after_prompt) llama_kv_cache_clear(e.ctx);
             const double t0 = now_s();
-            for (int i = 0; i < n; i++) e.decode(&gen[i], 1, i, 1, true, last.data());
+            for (int i = 0; i < n; i++) e.decode(&gen[i], 1, g0 + i, 1, true, last.data());
             tg.push_back(n / (now_s() - t0));
         }
     }
@@ -219,10 +247,11 @@ int cmd_bench(int argc, char** argv) {
         return s + "]";
     };
     printf("{\"engine\":\"bitnet.cpp-2026 (bitnet-llm-sys 1.0.2)\",\"model\":\"%s\",\"threads\":%d,"
-           "\"n_prompt\":%d,\"n_gen\":%d,\"reps\":%d,\"prefill_tps\":%.3f,\"gen_tps\":%.3f,"
-           "\"prefill_runs\":%s,\"gen_runs\":%s}\n",
-           path, threads, p, n, reps, pp.empty() ? 0.0 : median(pp), tg.empty() ? 0.0 : median(tg),
-           arr(pp).c_str(), arr(tg).c_str());
+           "\"n_prompt\":%d,\"n_gen\":%d,\"reps\":%d,\"after_prompt\":%s,\"prefill_tps\":%.3f,"
+           "\"gen_tps\":%.3f,\"prefill_runs\":%s,\"gen_runs\":%s}\n",
+           path, threads, p, n, reps, after_prompt ? "true" : "false",
+           pp.empty() ? 0.0 : median(pp), tg.empty() ? 0.0 : median(tg), arr(pp).c_str(),
+           arr(tg).c_str());
     return 0;
 }
 
@@ -240,6 +269,75 @@ int cmd_info(int argc, char** argv) {
     }
     printf("n_vocab = %d\n", llama_n_vocab(m));
     llama_free_model(m);
+    return 0;
+}
+
+std::vector<char> read_file(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) die("cannot read " + path);
+    std::vector<char> v;
+    char buf[1 << 16];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) v.insert(v.end(), buf, buf + got);
+    fclose(f);
+    return v;
+}
+
+int cmd_matmul(int argc, char** argv) {
+    long rows = 0, cols = 0, n = 0, threads = default_threads(), reps = 1;
+    std::string w_path, x_path, out_path;
+    for (int i = 2; i < argc; i++) {
+        std::string a = argv[i];
+        if (i + 1 >= argc) die("missing value for " + a);
+        std::string v = argv[++i];
+        if (a == "--rows") rows = atol(v.c_str());
+        else if (a == "--cols") cols = atol(v.c_str());
+        else if (a == "--n") n = atol(v.c_str());
+        else if (a == "-t" || a == "--threads") threads = atol(v.c_str());
+        else if (a == "-r") reps = atol(v.c_str());
+        else if (a == "--weights") w_path = v;
+        else if (a == "--x") x_path = v;
+        else if (a == "--out") out_path = v;
+        else die("unknown argument " + a);
+    }
+    if (rows <= 0 || cols <= 0 || cols % 128 != 0 || n <= 0 || threads <= 0 || reps <= 0 ||
+        rows > (1 << 20) || cols > (1 << 20) || n > 4096 || w_path.empty() || x_path.empty() ||
+        out_path.empty())
+        die("bad matmul arguments");
+    const size_t w_bytes = (size_t)rows * cols / 4 + 32;
+    std::vector<char> w_data = read_file(w_path), x_data = read_file(x_path);
+    if (w_data.size() != w_bytes) die("weights file size is not rows*cols/4 + 32");
+    if (x_data.size() != sizeof(float) * (size_t)cols * n) die("x file size is not n*cols floats");
+    // ggml sizes an I2_S tensor's allocation as rows*cols bytes; room for the work buffer too.
+    const size_t mem = (size_t)rows * cols + (size_t)cols * n * 8 + (size_t)rows * n * 4 +
+                       8 * ggml_tensor_overhead() + ggml_graph_overhead() + (16 << 20);
+    ggml_init_params ip = {mem, nullptr, false};
+    ggml_context* ctx = ggml_init(ip);
+    if (!ctx) die("ggml_init failed");
+    ggml_tensor* w = ggml_new_tensor_2d(ctx, GGML_TYPE_I2_S, cols, rows);
+    ggml_tensor* xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cols, n);
+    if (!w || !xt || ggml_nbytes(w) < w_bytes) die("tensor allocation failed");
+    memcpy(w->data, w_data.data(), w_bytes);
+    memcpy(xt->data, x_data.data(), x_data.size());
+    ggml_tensor* y = ggml_mul_mat(ctx, w, xt);
+    ggml_cgraph* gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, y);
+    std::string secs = "[";
+    for (long r = 0; r < reps; r++) {
+        const double t0 = now_s();
+        if (ggml_graph_compute_with_ctx(ctx, gf, (int)threads) != GGML_STATUS_SUCCESS)
+            die("ggml_graph_compute failed");
+        char b[32];
+        snprintf(b, sizeof b, "%s%.9g", r ? "," : "", now_s() - t0);
+        secs += b;
+    }
+    FILE* f = fopen(out_path.c_str(), "wb");
+    if (!f) die("cannot write " + out_path);
+    fwrite(y->data, sizeof(float), (size_t)rows * n, f);
+    fclose(f);
+    printf("{\"rows\":%ld,\"cols\":%ld,\"n\":%ld,\"threads\":%ld,\"seconds\":%s]}\n", rows, cols,
+           n, threads, secs.c_str());
+    ggml_free(ctx);
     return 0;
 }
 
@@ -307,13 +405,14 @@ int main(int argc, char** argv) {
     g_verbose = getenv("REF2026_VERBOSE") && atoi(getenv("REF2026_VERBOSE")) != 0;
     llama_log_set(log_cb, nullptr);
     llama_backend_init();
-    if (argc < 2) die("usage: ref2026 {logits|bench|info|tokenize} MODEL.gguf ...");
+    if (argc < 2) die("usage: ref2026 {logits|bench|info|tokenize|matmul} ...");
     const std::string cmd = argv[1];
     int rc;
     if (cmd == "logits") rc = cmd_logits(argc, argv);
     else if (cmd == "bench") rc = cmd_bench(argc, argv);
     else if (cmd == "info") rc = cmd_info(argc, argv);
     else if (cmd == "tokenize") rc = cmd_tokenize(argc, argv);
+    else if (cmd == "matmul") rc = cmd_matmul(argc, argv);
     else die("unknown command " + cmd);
     llama_backend_free();
     return rc;

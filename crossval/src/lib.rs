@@ -519,6 +519,139 @@ pub mod ref2026 {
             .collect()
     }
 
+    /// The 2026 fork's ggml_mul_mat of an I2_S matrix (`w_i2s`: the GGUF tensor's bytes,
+    /// `rows * cols / 4` packed plus the 32-byte scale trailer) by `n` f32 columns, computed
+    /// `reps` times in one child process: the outputs (`rows` per token) and each call's
+    /// seconds, timed by the child around the graph compute alone.
+    pub fn i2s_matmul_timed(
+        w_i2s: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+        n: usize,
+        threads: usize,
+        reps: usize,
+    ) -> Result<(Vec<f32>, Vec<f64>), String> {
+        if w_i2s.len() != rows * cols / 4 + 32 || x.len() != n * cols {
+            return Err("i2s_matmul_timed: buffer sizes do not match the shape".into());
+        }
+        let base = std::env::temp_dir().join(format!(
+            "ref2026-mm-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let (wp, xp, yp) = (
+            base.with_extension("w"),
+            base.with_extension("x"),
+            base.with_extension("y"),
+        );
+        let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let write =
+            |p: &Path, b: &[u8]| std::fs::write(p, b).map_err(|e| format!("{}: {e}", p.display()));
+        let result = write(&wp, w_i2s)
+            .and_then(|_| write(&xp, &xb))
+            .and_then(|_| {
+                Command::new(exe())
+                    .arg("matmul")
+                    .args(["--rows", &rows.to_string(), "--cols", &cols.to_string()])
+                    .args(["--n", &n.to_string(), "-t", &threads.to_string()])
+                    .args(["-r", &reps.to_string()])
+                    .arg("--weights")
+                    .arg(&wp)
+                    .arg("--x")
+                    .arg(&xp)
+                    .arg("--out")
+                    .arg(&yp)
+                    .output()
+                    .map_err(|e| format!("{}: {e}", exe().display()))
+            });
+        let out = result.and_then(|r| {
+            if !r.status.success() {
+                return Err(format!(
+                    "ref2026 matmul failed ({}): {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.stderr).trim()
+                ));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.stdout)
+                .map_err(|e| format!("ref2026 matmul printed no JSON: {e}"))?;
+            let secs: Vec<f64> = v["seconds"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default();
+            if secs.len() != reps {
+                return Err(format!(
+                    "ref2026 matmul reported {} timings for {reps} calls",
+                    secs.len()
+                ));
+            }
+            let y = std::fs::read(&yp).map_err(|e| format!("{}: {e}", yp.display()))?;
+            if y.len() != rows * n * 4 {
+                return Err("ref2026 matmul wrote a truncated output".into());
+            }
+            let y = y
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok((y, secs))
+        });
+        for p in [&wp, &xp, &yp] {
+            let _ = std::fs::remove_file(p);
+        }
+        out
+    }
+
+    /// Throughput of one `ref2026 bench` process: `reps` runs, each prefilling
+    /// `tokens[..prefill]` as one batch (logits of the last only) and then generating the rest
+    /// one token at a time after it. The child times its own calls (model loading and its
+    /// warm-up run are not timed). Returns every run's (prompt, generated) tokens per second.
+    pub fn bench(
+        model: &Path,
+        tokens: &[u32],
+        prefill: usize,
+        threads: usize,
+        reps: usize,
+    ) -> Result<(Vec<f64>, Vec<f64>), String> {
+        if prefill == 0 || prefill >= tokens.len() {
+            return Err("ref2026 bench needs a prompt and at least one generated token".into());
+        }
+        let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
+        let r = Command::new(exe())
+            .arg("bench")
+            .arg(model)
+            .args(["-p", &prefill.to_string()])
+            .args(["-n", &(tokens.len() - prefill).to_string()])
+            .args(["-t", &threads.to_string()])
+            .args(["-r", &reps.to_string()])
+            .args(["--tokens", &ids.join(",")])
+            .arg("--after-prompt")
+            .output()
+            .map_err(|e| format!("{}: {e}", exe().display()))?;
+        if !r.status.success() {
+            return Err(format!(
+                "ref2026 bench on {} failed ({}): {}",
+                model.display(),
+                r.status,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout)
+            .map_err(|e| format!("ref2026 bench printed no JSON report: {e}"))?;
+        let runs = |k: &str| -> Result<Vec<f64>, String> {
+            let runs: Vec<f64> = v[k]
+                .as_array()
+                .ok_or(format!("ref2026 bench report has no {k}"))?
+                .iter()
+                .filter_map(|x| x.as_f64())
+                .collect();
+            if runs.len() != reps || runs.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+                return Err(format!("ref2026 bench report: bad {k} {runs:?}"));
+            }
+            Ok(runs)
+        };
+        Ok((runs("prefill_runs")?, runs("gen_runs")?))
+    }
+
     /// Teacher-forced logits of every position of `tokens` (from an empty cache), `n_vocab`
     /// per row: one token per decode call (`batch = false`) or all in one batch.
     pub fn logits(

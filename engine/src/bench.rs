@@ -3,10 +3,13 @@
 //! peak resident set size checked against its bound (file size + KV cache + 64 MiB: the weights
 //! are used in place from the mmap).
 //!
-//! With `--vs-reference` (a build with the `reference` feature), BitNet.cpp runs on the same
-//! file in the same process, interleaved run by run with ours, and the table shows the ratios
-//! ours / reference (higher is faster). Throughput is only ever compared as such ratios taken in
-//! one run: absolute times on a shared machine are noise.
+//! With `--vs-reference` (a build with the `reference` feature), the BitNet.cpp users run today
+//! (January 2026, `bitnet-llm-sys` 1.0.2, built as its own CMake builds it: Release, native,
+//! OpenMP) runs on the same file, interleaved run by run with ours (each of its runs is one
+//! `ref2026 bench` child process that times its own calls after loading and a warm-up run), and
+//! the table shows the ratios ours / reference (higher is faster). `--also-2024` adds BitNet.cpp
+//! 0.0.5, linked in this process, as a second column. Throughput is only ever compared as
+//! such ratios taken in one run: absolute times on a shared machine are noise.
 
 use crate::error::{Error, Result};
 use crate::model::{Model, Seq, State};
@@ -40,10 +43,13 @@ pub struct BenchArgs {
     /// Runs per thread count; the table shows their medians.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Also run BitNet.cpp on the same file in this process and print ours/reference ratios
-    /// (needs a build with `--features reference`).
+    /// Also run the January-2026 BitNet.cpp on the same file, interleaved with ours, and print
+    /// ours/reference ratios (needs a build with `--features reference`).
     #[arg(long)]
     pub vs_reference: bool,
+    /// With --vs-reference: also BitNet.cpp 0.0.5 (2024), in this process, as a second column.
+    #[arg(long)]
+    pub also_2024: bool,
     /// Also generate with this many sequences decoding together (continuous batching: one
     /// forward step per token for all of them) and report their aggregate tokens/s and its
     /// ratio to one sequence's.
@@ -52,6 +58,9 @@ pub struct BenchArgs {
     /// Write the numbers as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The output projection's format at load (the global `--head`, set by the CLI).
+    #[arg(skip)]
+    pub head: Option<crate::model::HeadFormat>,
 }
 
 /// What to measure.
@@ -61,7 +70,12 @@ pub struct Options {
     pub gen: usize,
     pub threads: Vec<usize>,
     pub repeats: usize,
+    /// Time the 2026 reference beside ours.
     pub reference: bool,
+    /// And BitNet.cpp 0.0.5 as a second column.
+    pub reference_2024: bool,
+    /// Re-quantize our output projection at load (`--head`); the references keep the file's.
+    pub head: Option<crate::model::HeadFormat>,
     /// Sequences decoding together in the batched generation runs (1: none).
     pub parallel: usize,
 }
@@ -82,17 +96,29 @@ pub struct Speed {
 pub struct Row {
     pub threads: usize,
     pub ours: Speed,
+    /// BitNet.cpp January 2026 (the baseline).
     pub reference: Option<Speed>,
     /// ours / reference prompt tokens per second (higher: we are faster).
     pub prefill_ratio: Option<f64>,
     /// ours / reference generated tokens per second.
     pub gen_ratio: Option<f64>,
+    /// BitNet.cpp 0.0.5 (with `--also-2024`) and our ratios to it.
+    pub reference_2024: Option<Speed>,
+    pub prefill_ratio_2024: Option<f64>,
+    pub gen_ratio_2024: Option<f64>,
     /// With `--parallel N`: our aggregate generated tokens/s of N sequences decoding together
     /// (median) and its every run.
     pub parallel_gen_tps: Option<f64>,
     pub parallel_gen_runs: Vec<f64>,
     /// parallel_gen_tps / ours.gen_tps.
     pub parallel_ratio: Option<f64>,
+    /// Memory read bandwidth with this many threads, measured in this run (GB/s, best of a
+    /// few streaming sums over a buffer far larger than the caches).
+    pub read_gbs: f64,
+    /// The generation roofline: read bandwidth / bytes read per generated token.
+    pub roofline_gen_tps: f64,
+    /// ours.gen_tps / roofline_gen_tps.
+    pub gen_of_roofline: f64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -103,8 +129,11 @@ pub struct Memory {
     /// Our KV cache after a full run (prompt + generated tokens), times the sequences held
     /// at once with `--parallel`.
     pub kv_cache_bytes: u64,
+    /// With `--head`: the re-quantized output projection held in memory (its source rows in
+    /// the file were read once to make it).
+    pub head_bytes: u64,
     pub slack_bytes: u64,
-    /// file + KV cache + slack.
+    /// file + KV cache + head + slack.
     pub bound_bytes: u64,
     pub within_bound: Option<bool>,
     /// When the peak was read: after all runs, or before the reference was loaded.
@@ -114,6 +143,10 @@ pub struct Memory {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
     pub model: String,
+    /// The CPU (`model name` of /proc/cpuinfo).
+    pub cpu: String,
+    /// What the `reference` columns are.
+    pub reference: Option<String>,
     pub arch: String,
     pub layers: usize,
     pub hidden: usize,
@@ -121,6 +154,9 @@ pub struct Report {
     /// Tensor type of the layer weights and of the output projection.
     pub weight_type: String,
     pub output_type: String,
+    /// Bytes of weights read per generated token: every tensor but the token embedding, which
+    /// is read in full only when it is also the (tied) output head.
+    pub bytes_per_token: u64,
     pub isa: String,
     pub prefill_tokens: usize,
     pub gen_tokens: usize,
@@ -143,6 +179,8 @@ pub fn cli(a: BenchArgs) -> Result<()> {
         threads,
         repeats: a.repeats,
         reference: a.vs_reference,
+        reference_2024: a.also_2024,
+        head: a.head,
         parallel: a.parallel,
     };
     let report = run(&a.model, &opts)?;
@@ -170,6 +208,9 @@ fn check(opts: &Options) -> Result<()> {
     if opts.reference && !REFERENCE_AVAILABLE {
         return usage(NO_REFERENCE);
     }
+    if opts.reference_2024 && !opts.reference {
+        return usage("--also-2024 adds a column to --vs-reference");
+    }
     if opts.threads.is_empty() || opts.threads.contains(&0) {
         return usage("thread counts must be at least 1");
     }
@@ -192,6 +233,9 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
         .map_err(|e| Error::io(path.display().to_string(), e))?
         .len();
     let mut model = Model::load(path)?;
+    if let Some(h) = opts.head {
+        model.quantize_head(h)?;
+    }
     let c = &model.config;
     let total = opts.prefill + opts.gen;
     if total > c.context_length {
@@ -209,20 +253,26 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
     // With --parallel N, N caches of that size are held at once.
     let kv_cache_bytes = (state.kv_cache_bytes() * opts.parallel.max(1)) as u64;
     drop(state);
-    let mut reference = None;
     let mut peak = None;
+    let mut old = None;
     if opts.reference {
-        // The reference maps the same file again: our peak is taken before it loads.
-        peak = Some(crate::receipt::peak_rss_bytes());
-        let mut r = reference::Reference::load(path, total + 1, widest)?;
-        r.run(widest, &tokens, opts.prefill)?;
-        reference = Some(r);
+        // The 2026 reference runs in child processes; 0.0.5 maps the same file again into
+        // this one, so our peak is taken before it loads.
+        reference::check_2026(path, &tokens, opts.prefill)?;
+        if opts.reference_2024 {
+            peak = Some(crate::receipt::peak_rss_bytes());
+            let mut r = reference::Reference2024::load(path, total + 1, widest)?;
+            r.run(widest, &tokens, opts.prefill)?;
+            old = Some(r);
+        }
     }
 
+    let bytes_per_token = bytes_per_token(&model);
     let mut rows = Vec::new();
     for &t in &opts.threads {
         model.threads = t;
-        let (mut ours, mut theirs) = (Runs::default(), Runs::default());
+        let (mut ours, mut theirs, mut theirs_2024) =
+            (Runs::default(), Runs::default(), Runs::default());
         let mut parallel = Vec::new();
         for _ in 0..opts.repeats {
             let (p, g, _) = ours_run(&model, &tokens, opts.prefill)?;
@@ -231,21 +281,36 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
                 let g = ours_parallel_run(&model, &tokens, opts.prefill, opts.parallel)?;
                 parallel.push(tps(opts.gen * opts.parallel, g));
             }
-            if let Some(r) = reference.as_mut() {
+            if opts.reference {
+                let (p, g) = reference::run_2026(path, t, &tokens, opts.prefill)?;
+                theirs.prefill.push(p);
+                theirs.gen.push(g);
+            }
+            if let Some(r) = old.as_mut() {
                 let (p, g) = r.run(t, &tokens, opts.prefill)?;
-                theirs.push(opts, p, g);
+                theirs_2024.push(opts, p, g);
             }
         }
         let ours = ours.speed();
-        let theirs = reference.as_ref().map(|_| theirs.speed());
+        let theirs = opts.reference.then(|| theirs.speed());
+        let theirs_2024 = old.as_ref().map(|_| theirs_2024.speed());
         let parallel_gen_tps = (!parallel.is_empty()).then(|| median(&parallel));
         rows.push(Row {
             threads: t,
+            // Filled in below, after the peak RSS is read (the buffer would dwarf it).
+            read_gbs: f64::NAN,
+            roofline_gen_tps: f64::NAN,
+            gen_of_roofline: f64::NAN,
             parallel_ratio: parallel_gen_tps.map(|p| p / ours.gen_tps),
             parallel_gen_tps,
             parallel_gen_runs: parallel,
             prefill_ratio: theirs.as_ref().map(|r| ours.prefill_tps / r.prefill_tps),
             gen_ratio: theirs.as_ref().map(|r| ours.gen_tps / r.gen_tps),
+            prefill_ratio_2024: theirs_2024
+                .as_ref()
+                .map(|r| ours.prefill_tps / r.prefill_tps),
+            gen_ratio_2024: theirs_2024.as_ref().map(|r| ours.gen_tps / r.gen_tps),
+            reference_2024: theirs_2024,
             ours,
             reference: theirs,
         });
@@ -254,10 +319,28 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
         Some(p) => (p, "ours, before the reference was loaded"),
         None => (crate::receipt::peak_rss_bytes(), "after all runs"),
     };
-    let bound_bytes = file_bytes + kv_cache_bytes + RSS_SLACK_BYTES;
+    // The roofline: this machine's read bandwidth at each thread count, measured now, next to
+    // the generation speed measured above.
+    for row in &mut rows {
+        let read = read_bandwidth(row.threads, BANDWIDTH_BUFFER, 5);
+        row.read_gbs = read / 1e9;
+        row.roofline_gen_tps = read / bytes_per_token.max(1) as f64;
+        row.gen_of_roofline = row.ours.gen_tps / row.roofline_gen_tps;
+    }
+    let head_bytes = if opts.head.is_some() {
+        model
+            .output
+            .ty
+            .tensor_bytes(model.output.cols as u64, model.output.rows as u64)
+    } else {
+        0
+    };
+    let bound_bytes = file_bytes + kv_cache_bytes + head_bytes + RSS_SLACK_BYTES;
     let c = &model.config;
     Ok(Report {
         model: path.display().to_string(),
+        cpu: cpu_model(),
+        reference: opts.reference.then(|| reference::NAME_2026.to_string()),
         arch: c.arch.clone(),
         layers: c.n_layers,
         hidden: c.dim,
@@ -268,6 +351,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
             .map_or("none", |l| l.wq.ty.name())
             .to_string(),
         output_type: model.output.ty.name().to_string(),
+        bytes_per_token,
         isa: crate::quant::matmul::Isa::detect().name().to_string(),
         prefill_tokens: opts.prefill,
         gen_tokens: opts.gen,
@@ -278,6 +362,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
             peak_rss_bytes: peak,
             file_bytes,
             kv_cache_bytes,
+            head_bytes,
             slack_bytes: RSS_SLACK_BYTES,
             bound_bytes,
             within_bound: peak.map(|p| p <= bound_bytes),
@@ -364,6 +449,66 @@ fn tps(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
+/// The buffer the read bandwidth is measured on: far larger than any cache.
+const BANDWIDTH_BUFFER: usize = 512 << 20;
+
+/// Weight bytes a generated token reads: all tensors except `token_embd.weight` (one row of
+/// it is read), unless there is no `output.weight` (a tied head reads it in full).
+pub fn bytes_per_token(model: &Model) -> u64 {
+    let ts = model.file.tensors();
+    let tied = !ts.iter().any(|t| t.name == "output.weight");
+    ts.iter()
+        .filter(|t| tied || t.name != "token_embd.weight")
+        .map(|t| t.size)
+        .sum()
+}
+
+/// Memory read bandwidth in bytes/s with `threads` threads, each summing its share of a
+/// `len`-byte buffer; the best of `passes` passes.
+pub fn read_bandwidth(threads: usize, len: usize, passes: usize) -> f64 {
+    let threads = threads.max(1);
+    // Written first: untouched pages would all map the shared zero page.
+    let buf: Vec<u64> = (0..len / 8).map(|i| i as u64).collect();
+    let chunk = buf.len().div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..passes {
+        let t0 = Instant::now();
+        let sum = std::thread::scope(|s| {
+            let parts: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        std::hint::black_box(part)
+                            .iter()
+                            .fold(0u64, |a, &x| a.wrapping_add(x))
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max(len as f64 / secs.max(1e-9));
+    }
+    best
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or "unknown".
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(feature = "reference")]
 mod reference {
     use crate::error::{Error, Result};
@@ -371,17 +516,42 @@ mod reference {
     use std::path::Path;
     use std::time::{Duration, Instant};
 
-    /// BitNet.cpp on the same file, timed from here exactly as ours is (wall time of the calls).
-    pub struct Reference(RefModel);
+    pub const NAME_2026: &str =
+        "BitNet.cpp January 2026 (bitnet-llm-sys 1.0.2; Release, -march=native, OpenMP)";
 
-    fn runtime(e: bitnet_crossval::RefError) -> Error {
+    fn runtime(e: impl std::fmt::Display) -> Error {
         Error::Runtime(format!("reference: {e}"))
     }
 
-    impl Reference {
+    /// Fails early (before any timing) when the 2026 reference cannot run this file, e.g. an
+    /// arch or tensor type it does not know.
+    pub fn check_2026(path: &Path, tokens: &[u32], prefill: usize) -> Result<()> {
+        bitnet_crossval::ref2026::bench(path, &tokens[..prefill + 1], prefill, 1, 1)
+            .map(|_| ())
+            .map_err(runtime)
+    }
+
+    /// One timed run of the 2026 reference (a `ref2026 bench` child: load, warm-up, one run):
+    /// prompt and generated tokens per second.
+    pub fn run_2026(
+        path: &Path,
+        threads: usize,
+        tokens: &[u32],
+        prefill: usize,
+    ) -> Result<(f64, f64)> {
+        let (p, g) =
+            bitnet_crossval::ref2026::bench(path, tokens, prefill, threads, 1).map_err(runtime)?;
+        Ok((p[0], g[0]))
+    }
+
+    /// BitNet.cpp 0.0.5 on the same file, timed from here exactly as ours is (wall time of the
+    /// calls).
+    pub struct Reference2024(RefModel);
+
+    impl Reference2024 {
         pub fn load(path: &Path, ctx: usize, threads: usize) -> Result<Self> {
             RefModel::load(path, ctx, threads)
-                .map(Reference)
+                .map(Reference2024)
                 .map_err(runtime)
         }
 
@@ -414,12 +584,26 @@ mod reference {
     use std::path::Path;
     use std::time::Duration;
 
-    /// Not linked in this build: [`super::check`] refuses `--vs-reference` before this is used.
-    pub enum Reference {}
+    pub const NAME_2026: &str = "";
 
-    impl Reference {
+    fn absent<T>() -> Result<T> {
+        Err(Error::Usage(super::NO_REFERENCE.into()))
+    }
+
+    pub fn check_2026(_: &Path, _: &[u32], _: usize) -> Result<()> {
+        absent()
+    }
+
+    pub fn run_2026(_: &Path, _: usize, _: &[u32], _: usize) -> Result<(f64, f64)> {
+        absent()
+    }
+
+    /// Not linked in this build: [`super::check`] refuses `--vs-reference` before this is used.
+    pub enum Reference2024 {}
+
+    impl Reference2024 {
         pub fn load(_: &Path, _: usize, _: usize) -> Result<Self> {
-            Err(Error::Usage(super::NO_REFERENCE.into()))
+            absent()
         }
 
         pub fn run(&mut self, _: usize, _: &[u32], _: usize) -> Result<(Duration, Duration)> {
@@ -435,9 +619,10 @@ fn mib(b: u64) -> f64 {
 /// The report as a Markdown table plus the memory line.
 pub fn table(r: &Report) -> String {
     let with_ref = r.rows.iter().any(|row| row.reference.is_some());
+    let with_2024 = r.rows.iter().any(|row| row.reference_2024.is_some());
     let mut s = format!(
-        "bitnet bench: {} ({:.1} MiB; {}, {} layers, hidden {}, vocab {}; {} weights, {} output; {})\n\
-         prompt {} tokens as one batch, {} generated one at a time; median of {} runs after a warm-up run\n\n",
+        "bitnet bench: {} ({:.1} MiB; {}, {} layers, hidden {}, vocab {}; {} weights, {} output; {} on {})\n\
+         prompt {} tokens as one batch, {} generated one at a time after it; median of {} runs after a warm-up run\n",
         r.model,
         mib(r.memory.file_bytes),
         r.arch,
@@ -447,11 +632,30 @@ pub fn table(r: &Report) -> String {
         r.weight_type,
         r.output_type,
         r.isa,
+        r.cpu,
         r.prefill_tokens,
         r.gen_tokens,
         r.repeats
     );
-    let mut head = vec!["threads", "prefill t/s", "generation t/s"];
+    s += &format!(
+        "roofline: {:.1} MiB of weights read per generated token / the read bandwidth measured here\n",
+        mib(r.bytes_per_token)
+    );
+    if let Some(name) = &r.reference {
+        s += &format!("ref: {name}, interleaved run by run\n");
+    }
+    if with_2024 {
+        s += "2024: BitNet.cpp 0.0.5 (bitnet-cpp-sys), in this process\n";
+    }
+    s += "\n";
+    let mut head = vec![
+        "threads",
+        "prefill t/s",
+        "generation t/s",
+        "read GB/s",
+        "roofline t/s",
+        "of roofline",
+    ];
     if with_ref {
         head.extend([
             "ref prefill t/s",
@@ -459,6 +663,9 @@ pub fn table(r: &Report) -> String {
             "prefill ours/ref",
             "generation ours/ref",
         ]);
+    }
+    if with_2024 {
+        head.extend(["prefill ours/2024", "generation ours/2024"]);
     }
     let par_head = format!("generation t/s, {} sequences", r.parallel);
     if r.parallel > 1 {
@@ -468,14 +675,22 @@ pub fn table(r: &Report) -> String {
     s += &format!("|{}\n", "---:|".repeat(head.len()));
     for row in &r.rows {
         s += &format!(
-            "| {} | {:.2} | {:.2} |",
-            row.threads, row.ours.prefill_tps, row.ours.gen_tps
+            "| {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0}% |",
+            row.threads,
+            row.ours.prefill_tps,
+            row.ours.gen_tps,
+            row.read_gbs,
+            row.roofline_gen_tps,
+            100.0 * row.gen_of_roofline
         );
         if let (Some(t), Some(pr), Some(gr)) = (&row.reference, row.prefill_ratio, row.gen_ratio) {
             s += &format!(
                 " {:.2} | {:.2} | {:.3} | {:.3} |",
                 t.prefill_tps, t.gen_tps, pr, gr
             );
+        }
+        if let (Some(pr), Some(gr)) = (row.prefill_ratio_2024, row.gen_ratio_2024) {
+            s += &format!(" {pr:.3} | {gr:.3} |");
         }
         if let (Some(p), Some(ratio)) = (row.parallel_gen_tps, row.parallel_ratio) {
             s += &format!(" {p:.2} | {ratio:.3} |");
@@ -500,8 +715,13 @@ pub fn table(r: &Report) -> String {
             mib(m.bound_bytes)
         ),
     };
+    let head = if m.head_bytes > 0 {
+        format!(" + re-quantized head {:.1} MiB", mib(m.head_bytes))
+    } else {
+        String::new()
+    };
     s += &format!(
-        "\npeak RSS {verdict} (file {:.1} MiB + KV cache {:.1} MiB + {:.0} MiB; {})\n",
+        "\npeak RSS {verdict} (file {:.1} MiB + KV cache {:.1} MiB{head} + {:.0} MiB; {})\n",
         mib(m.file_bytes),
         mib(m.kv_cache_bytes),
         mib(m.slack_bytes),
@@ -529,6 +749,8 @@ mod tests {
             threads: vec![1],
             repeats: 1,
             reference: false,
+            reference_2024: false,
+            head: None,
             parallel: 1,
         };
         assert!(check(&ok).is_ok());
@@ -566,8 +788,13 @@ mod tests {
         }
         let with_ref = check(&Options {
             reference: true,
-            ..ok
+            ..ok.clone()
         });
         assert_eq!(with_ref.is_ok(), REFERENCE_AVAILABLE);
+        let only_2024 = check(&Options {
+            reference_2024: true,
+            ..ok
+        });
+        assert!(matches!(only_2024, Err(Error::Usage(_))));
     }
 }

@@ -8,7 +8,7 @@ use crate::convert::{self, synth, FloatFormat, WeightFormat};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions};
 use crate::gguf::Gguf;
-use crate::model::{Model, State};
+use crate::model::{HeadFormat, Model, State};
 use crate::sample::SamplerParams;
 use crate::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,6 +29,11 @@ pub struct Cli {
     /// `tokenizer.ggml.pre` is absent and whose vocabulary is not recognised, or is wrong.
     #[arg(long, global = true, value_name = "NAME")]
     pub tokenizer_pre: Option<String>,
+    /// Re-quantize the output projection (the logits head) at load: q8_0 reads about half the
+    /// bytes of an F16 head per token, at a measured cost in accuracy (KL and top-1 against the
+    /// file's head: `bitnet-validate` gate head-q8_0). For run, logits, perplexity, serve, bench.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub head: Option<crate::model::HeadFormat>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,7 +237,7 @@ pub fn main() -> i32 {
     if !matches!(cli.cmd, Command::Serve(_)) {
         default_sigpipe();
     }
-    match dispatch(cli.cmd, cli.tokenizer_pre.as_deref()) {
+    match dispatch(cli.cmd, cli.tokenizer_pre.as_deref(), cli.head) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -263,13 +268,21 @@ pub fn exit_code(e: &Error) -> i32 {
     }
 }
 
-fn load(path: &Path, threads: Option<usize>, pre: Option<&str>) -> Result<(Model, Tokenizer)> {
+fn load(
+    path: &Path,
+    threads: Option<usize>,
+    pre: Option<&str>,
+    head: Option<HeadFormat>,
+) -> Result<(Model, Tokenizer)> {
     let file = Arc::new(Gguf::open(path)?);
     let tok = Tokenizer::from_gguf_with(&file, pre)?;
     if let Some(note) = tok.pre_note() {
         eprintln!("{note}");
     }
     let mut model = Model::from_gguf(file)?;
+    if let Some(h) = head {
+        model.quantize_head(h)?;
+    }
     if let Some(t) = threads {
         if t == 0 {
             return Err(Error::Usage("--threads must be at least 1".into()));
@@ -290,12 +303,29 @@ fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn dispatch(cmd: Command, pre: Option<&str>) -> Result<()> {
+fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
+    let uses_head = matches!(
+        cmd,
+        Command::Run(_)
+            | Command::Bench(_)
+            | Command::Serve(_)
+            | Command::Logits { .. }
+            | Command::Perplexity { .. }
+    );
+    if head.is_some() && !uses_head {
+        return Err(Error::Usage(
+            "--head applies to run, logits, perplexity, serve and bench".into(),
+        ));
+    }
     match cmd {
-        Command::Run(a) => run(a, pre),
-        Command::Bench(a) => crate::bench::cli(a),
+        Command::Run(a) => run(a, pre, head),
+        Command::Bench(mut a) => {
+            a.head = head;
+            crate::bench::cli(a)
+        }
         Command::Serve(mut a) => {
             a.tokenizer_pre = pre.map(str::to_string);
+            a.head = head;
             crate::serve::run(a)
         }
         Command::Keygen { output } => {
@@ -351,7 +381,7 @@ fn dispatch(cmd: Command, pre: Option<&str>) -> Result<()> {
             mode,
             threads,
         } => {
-            let (m, _) = load(&model, threads, pre)?;
+            let (m, _) = load(&model, threads, pre, head)?;
             let logits = teacher_forced_logits(&m, &tokens, mode)?;
             write_logits(&output, tokens.len(), m.config.vocab_size, &logits)
         }
@@ -361,7 +391,7 @@ fn dispatch(cmd: Command, pre: Option<&str>) -> Result<()> {
             ctx,
             threads,
         } => {
-            let (m, tok) = load(&model, threads, pre)?;
+            let (m, tok) = load(&model, threads, pre, head)?;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Error::io(file.display().to_string(), e))?;
             let ids = tok.encode(&text, true, false);
@@ -471,7 +501,7 @@ fn dispatch(cmd: Command, pre: Option<&str>) -> Result<()> {
     }
 }
 
-fn run(a: RunArgs, pre: Option<&str>) -> Result<()> {
+fn run(a: RunArgs, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
     let signing_key = match &a.sign {
         Some(p) => {
             Some(crate::receipt::read_signing_key(p).map_err(|e| Error::Usage(e.to_string()))?)
@@ -479,7 +509,7 @@ fn run(a: RunArgs, pre: Option<&str>) -> Result<()> {
         None => None,
     };
     let t_load = std::time::Instant::now();
-    let (model, tok) = load(&a.model, a.threads, pre)?;
+    let (model, tok) = load(&a.model, a.threads, pre, head)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let sampler = SamplerParams {
         temperature: a.temperature,

@@ -50,6 +50,22 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
 }
 
+/// Storage of the output projection chosen at load time (`--head`), instead of the file's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadFormat {
+    /// ggml's Q8_0 (8.5 bits per weight): about half the bytes of F16 read per token.
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl HeadFormat {
+    pub fn tensor_type(self) -> crate::quant::TensorType {
+        match self {
+            HeadFormat::Q8_0 => crate::quant::TensorType::Q8_0,
+        }
+    }
+}
+
 /// FFN gate activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -340,6 +356,47 @@ impl Model {
             work: Mutex::default(),
             file,
         })
+    }
+
+    /// Re-quantizes the output projection (`output.weight`, or the tied embedding) to `fmt` in
+    /// memory, row by row from the file's values; the forward pass then reads only that copy
+    /// for the logits (token embeddings keep the file's format). A head already in `fmt` is
+    /// left as it is.
+    pub fn quantize_head(&mut self, fmt: HeadFormat) -> Result<(), ModelError> {
+        let ty = fmt.tensor_type();
+        if self.output.ty == ty {
+            return Ok(());
+        }
+        let (rows, cols) = (self.output.rows, self.output.cols);
+        if !cols.is_multiple_of(32) {
+            return Err(ModelError::BadHyper(format!(
+                "--head {fmt:?}: rows of {cols} values are not whole blocks of 32"
+            )));
+        }
+        let dims = [cols as u64, rows as u64];
+        let mut w = crate::gguf::GgufWriter::new();
+        w.tensor("output.weight", &dims, ty);
+        let src = &self.output;
+        let mut row = vec![0f32; cols];
+        let bytes = w
+            .to_bytes(|_, out| {
+                for r in 0..rows {
+                    src.dequantize_row(r, &mut row);
+                    out.write_all(&crate::quant::float::encode_q8_0(&row))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                ModelError::Gguf(GgufError::Io {
+                    path: "<head>".into(),
+                    source: e,
+                })
+            })?;
+        let file = Arc::new(Gguf::from_bytes(bytes)?);
+        let mut head = checked_tensor(&file, "output.weight", &dims)?;
+        head.post_scale = src.post_scale;
+        self.output = head;
+        Ok(())
     }
 
     pub fn new_state(&self) -> State {

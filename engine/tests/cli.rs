@@ -466,3 +466,66 @@ fn the_published_2b4t_layout_runs_in_every_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn head_q8_0_runs_the_q8_0_kernels_and_is_refused_where_it_means_nothing() {
+    let model = converted("i2_s", "f16");
+    let path = tmp(&format!("receipt-head-{}.json", std::process::id()));
+    let out = bitnet()
+        .args(["run", "--head", "q8_0", "-m"])
+        .arg(&model)
+        .args([
+            "-p",
+            "Once upon a time",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--receipt",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["model_info"]["tensor_types"]["output"], "Q8_0");
+    assert_eq!(doc["model_info"]["tensor_types"]["token_embd"], "F16");
+    let ids: Vec<&str> = doc["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.iter().any(|k| k.starts_with("q8_0_gemv_")), "{ids:?}");
+    assert!(!ids.iter().any(|k| k.starts_with("f16_gem")), "{ids:?}");
+    // Greedy text with the q8_0 head is the F16 head's on this model (gate head-q8_0-real
+    // bounds the difference on longer text).
+    let plain = bitnet()
+        .args(["run", "-m"])
+        .arg(&model)
+        .args(["-p", "Once upon a time", "-n", "8", "--temp", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let m = model.to_str().unwrap();
+    for args in [
+        vec!["tokenize", "--head", "q8_0", "-m", m, "x"],
+        vec!["inspect", "--head", "q8_0", m],
+    ] {
+        let o = bitnet().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--head applies to"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

@@ -254,6 +254,32 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Q8_0 rows (a quantized output projection): every implementation equals the scalar
+    /// dequantize-then-dot reference bit for bit, for any row split across threads.
+    #[test]
+    fn q8_0_matmul_matches_the_scalar_reference(rows in 1usize..11, blocks in 1usize..12, n in 1usize..10, threads in 1usize..4, seed in any::<u64>()) {
+        let cols = 32 * blocks;
+        let mut rng = bitnet::sample::Rng::new(seed);
+        let vals: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+        let w = weight(TensorType::Q8_0, rows, cols, bitnet::convert::encode_q8_0(&vals));
+        let mut a = vec![0f32; n * rows];
+        w.matmul_isa(Isa::Scalar, &x, n, &mut a, 1, &KernelStats::default());
+        for isa in Isa::available() {
+            let mut b = vec![0f32; n * rows];
+            let stats = KernelStats::default();
+            w.matmul_isa(isa, &x, n, &mut b, threads, &stats);
+            for (p, q) in a.iter().zip(&b) {
+                prop_assert_eq!(p.to_bits(), q.to_bits(), "{:?}: {} vs {}", isa, p, q);
+            }
+            prop_assert!(stats.snapshot().contains_key(w.kernel_id(n, isa)));
+        }
+    }
+}
+
 #[test]
 fn wrong_sizes_say_what_they_got_and_expected() {
     let e = bitnet::quant::check_size(TensorType::I2S, 4, 256, 100)

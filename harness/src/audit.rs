@@ -458,7 +458,7 @@ fn audit_model_file(r: &Receipt, c: &mut Ctx) {
             ),
         );
     }
-    let model = match Model::load(path) {
+    let model = match load_as_recorded(r) {
         Ok(model) => model,
         Err(e) => {
             return c.fail(
@@ -500,11 +500,30 @@ fn audit_model_file(r: &Receipt, c: &mut Ctx) {
     }
 }
 
+/// The recorded model as the run loaded it: a head re-quantized at load (`--head`) is
+/// recorded as the output's tensor type, and applied again here.
+fn load_as_recorded(r: &Receipt) -> Result<Model, String> {
+    let mut model = Model::load(&r.model_info.path).map_err(|e| e.to_string())?;
+    let recorded = r.model_info.tensor_types.get("output").map(String::as_str);
+    if let Some(ty) = recorded.filter(|&t| t != model.output.ty.name()) {
+        let fmt = match ty {
+            "Q8_0" => bitnet::model::HeadFormat::Q8_0,
+            other => {
+                return Err(format!(
+                    "the receipt's output head is {other}, the file's {}: no load option makes it",
+                    model.output.ty.name()
+                ))
+            }
+        };
+        model.quantize_head(fmt).map_err(|e| e.to_string())?;
+    }
+    Ok(model)
+}
+
 /// Re-runs the recorded request on the recorded model and compares the output digest.
 fn replay(r: &Receipt, c: &mut Ctx) {
-    let path = Path::new(&r.model_info.path);
     let result = (|| -> Result<(String, usize), String> {
-        let mut model = Model::load(path).map_err(|e| e.to_string())?;
+        let mut model = load_as_recorded(r)?;
         model.threads = r.environment.threads.max(1);
         let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
         let q = &r.run.request;

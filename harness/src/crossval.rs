@@ -43,6 +43,11 @@ pub enum RefName {
     #[serde(rename = "transformers")]
     #[value(name = "transformers")]
     Transformers,
+    /// This engine on the file as stored: judges a load-time option such as `--head q8_0`
+    /// against the file's own head.
+    #[serde(rename = "engine-as-stored")]
+    #[value(name = "engine-as-stored")]
+    EngineAsStored,
 }
 
 impl RefName {
@@ -51,8 +56,10 @@ impl RefName {
             "bitnet.cpp-0.0.5" => Ok(RefName::Cpp2024),
             "bitnet.cpp-2026" => Ok(RefName::Cpp2026),
             "transformers" => Ok(RefName::Transformers),
+            "engine-as-stored" => Ok(RefName::EngineAsStored),
             _ => Err(format!(
-                "unknown reference {s:?} (bitnet.cpp-0.0.5, bitnet.cpp-2026, transformers)"
+                "unknown reference {s:?} (bitnet.cpp-0.0.5, bitnet.cpp-2026, transformers, \
+                 engine-as-stored)"
             )),
         }
     }
@@ -61,6 +68,7 @@ impl RefName {
             RefName::Cpp2024 => "bitnet.cpp-0.0.5",
             RefName::Cpp2026 => "bitnet.cpp-2026",
             RefName::Transformers => "transformers",
+            RefName::EngineAsStored => "engine-as-stored",
         }
     }
 }
@@ -78,6 +86,7 @@ pub enum Reference {
         ids: Vec<u32>,
         logits: Vec<f32>,
     },
+    EngineAsStored(Box<(Model, Tokenizer)>),
 }
 
 impl Reference {
@@ -98,6 +107,12 @@ impl Reference {
                 model: model.to_path_buf(),
                 threads,
             }),
+            RefName::EngineAsStored => {
+                let mut m = Model::load(model).map_err(|e| e.to_string())?;
+                m.threads = threads;
+                let tok = Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
+                Ok(Reference::EngineAsStored(Box::new((m, tok))))
+            }
             RefName::Transformers => {
                 let dir = fixture.ok_or(
                     "the transformers reference needs a model converted from a HF fixture \
@@ -136,6 +151,7 @@ impl Reference {
             Reference::Cpp2024(_) => RefName::Cpp2024,
             Reference::Cpp2026 { .. } => RefName::Cpp2026,
             Reference::Transformers { .. } => RefName::Transformers,
+            Reference::EngineAsStored(_) => RefName::EngineAsStored,
         }
     }
 
@@ -146,6 +162,7 @@ impl Reference {
             Reference::Cpp2026 { model, .. } => {
                 bitnet_crossval::ref2026::tokenize(model, text, true)
             }
+            Reference::EngineAsStored(e) => Ok(e.1.encode(text, true, false)),
             Reference::Transformers { text: t, ids, .. } if t == text => Ok(ids.clone()),
             Reference::Transformers { text: t, .. } => Err(format!(
                 "transformers' tokens are recorded for {t:?} only (asked for {text:?})"
@@ -159,6 +176,9 @@ impl Reference {
             Reference::Cpp2024(r) => r.logits(seq, batch).map_err(|e| e.to_string()),
             Reference::Cpp2026 { model, threads } => {
                 bitnet_crossval::ref2026::logits(model, seq, batch, *threads).map(|(_, l)| l)
+            }
+            Reference::EngineAsStored(e) => {
+                our_logits(&e.0, seq, if batch { Mode::Batch } else { Mode::Seq })
             }
             Reference::Transformers { ids, logits, .. } if ids == seq => Ok(logits.clone()),
             Reference::Transformers { .. } => Err(

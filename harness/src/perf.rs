@@ -4,15 +4,19 @@
 //!
 //! `inputs.bench = "model"` (the default) runs `bitnet-validate timing` (that is,
 //! `bitnet bench --vs-reference`) on the gate's model in a child process, so the peak RSS it
-//! reports is that run's alone. Inputs `prompt`, `gen`, `threads` (array), `repeats`.
-//! Measurements per thread count N: `prefill_ratio_tN`, `gen_ratio_tN` (ours / reference
-//! tokens per second); and `peak_rss_within_bound` (peak <= file + KV cache + 64 MiB) with
+//! reports is that run's alone. Inputs `prompt`, `gen`, `threads` (array), `repeats`,
+//! `also_2024` (bool). Measurements per thread count N: `prefill_ratio_tN`, `gen_ratio_tN`
+//! (ours / the January-2026 BitNet.cpp tokens per second), with `also_2024` also
+//! `prefill_ratio_2024_tN`, `gen_ratio_2024_tN` (ours / BitNet.cpp 0.0.5); and `peak_rss_within_bound` (peak <= file + KV cache + 64 MiB) with
 //! `peak_rss_of_bound` (peak / bound).
 //!
 //! `inputs.bench = "kernel"` times I2_S products of a `rows` x `cols` random matrix on one
-//! thread, in process. Inputs `rows`, `cols`, `tokens` (array), `repeats`, `min_ms` (time per
-//! measurement). Measurements: `avx2_speedup` (scalar time / AVX2 time, one token) and, per
-//! token count N, `vs_ref_nN` (the reference's ggml mul_mat time / ours).
+//! thread: ours in process, the January-2026 BitNet.cpp's ggml mul_mat in a `ref2026 matmul`
+//! child that times its own calls. Inputs `rows`, `cols`, `tokens` (array), `repeats`,
+//! `min_ms` (time per measurement), `also_2024`. Measurements: `avx2_speedup` (scalar time /
+//! AVX2 time, one token) and, per token count N, `vs_ref_nN` (the 2026 reference's time / ours
+//! with the best ISA of this CPU), with `also_2024` `vs_2024_nN` (BitNet.cpp 0.0.5's, linked
+//! in process).
 //!
 //! Both report `checked_build`: whether this harness (and so the engine it times) was built
 //! with debug assertions, as `cargo test` builds it, which makes the engine markedly slower.
@@ -75,6 +79,10 @@ fn model(g: &Gate, ctx: &Context) -> RunResult {
         input_int(g, "gen", 32)?,
         input_int(g, "repeats", 5)?,
     );
+    let also_2024 = match g.inputs.get("also_2024") {
+        None => false,
+        Some(v) => v.as_bool().ok_or("input also_2024 must be a boolean")?,
+    };
     let dir = ctx.work.join("reports");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let json_path = dir.join(format!("{}.bench.json", g.id));
@@ -85,6 +93,7 @@ fn model(g: &Gate, ctx: &Context) -> RunResult {
         .arg(&path)
         .args(["-p", &prompt.to_string(), "-n", &gen.to_string()])
         .args(["-t", &list(&threads), "--repeats", &repeats.to_string()])
+        .args(also_2024.then_some("--also-2024"))
         .arg("--json")
         .arg(&json_path)
         .output()
@@ -115,9 +124,16 @@ pub fn measurements(report: &Json) -> RunResult {
         let gr = row["gen_ratio"].as_f64().ok_or(bad("gen_ratio"))?;
         m.insert(format!("prefill_ratio_t{t}"), json!(p));
         m.insert(format!("gen_ratio_t{t}"), json!(gr));
-        summary.push(format!(
-            "{t} thread(s): prefill x{p:.3}, generation x{gr:.3}"
-        ));
+        let mut line = format!("{t} thread(s): prefill x{p:.3}, generation x{gr:.3}");
+        if let (Some(p), Some(gr)) = (
+            row["prefill_ratio_2024"].as_f64(),
+            row["gen_ratio_2024"].as_f64(),
+        ) {
+            m.insert(format!("prefill_ratio_2024_t{t}"), json!(p));
+            m.insert(format!("gen_ratio_2024_t{t}"), json!(gr));
+            line += &format!(" (vs 0.0.5: x{p:.3}, x{gr:.3})");
+        }
+        summary.push(line);
     }
     let mem = &report["memory"];
     let (peak, bound) = (
@@ -173,8 +189,15 @@ fn kernel(g: &Gate) -> RunResult {
         w.matmul_isa(isa, x, n, out, 1, &stats);
         Ok(t0.elapsed())
     };
+    let also_2024 = match g.inputs.get("also_2024") {
+        None => false,
+        Some(v) => v.as_bool().ok_or("input also_2024 must be a boolean")?,
+    };
+    // The product users get: the best ISA this CPU has.
+    let best = Isa::detect();
     let mut speedups = Vec::new();
     let mut vs_ref: Vec<Vec<f64>> = vec![Vec::new(); tokens.len()];
+    let mut vs_2024: Vec<Vec<f64>> = vec![Vec::new(); tokens.len()];
     for _ in 0..repeats {
         for (k, &n) in tokens.iter().enumerate() {
             let n = n as usize;
@@ -187,12 +210,29 @@ fn kernel(g: &Gate) -> RunResult {
                 let scalar = per_call(min, || ours(Isa::Scalar, &x, n, &mut out))?;
                 speedups.push(scalar / avx2);
             }
-            let reference = per_call(min, || {
-                bitnet_crossval::i2s_matmul_timed(&bytes, rows, cols, &x, n, 1)
-                    .map(|(_, d)| d)
-                    .map_err(|e| e.to_string())
-            })?;
-            vs_ref[k].push(reference / avx2);
+            let ours_best = per_call(min, || ours(best, &x, n, &mut out))?;
+            // The 2026 fork's ggml mul_mat in a child: as many calls as ours made in `min`,
+            // at least 3; the first (work buffer, page faults) is not counted.
+            let calls = ((min.as_secs_f64() / ours_best).ceil() as usize).clamp(3, 1000);
+            let (_, secs) = bitnet_crossval::ref2026::i2s_matmul_timed(
+                &bytes,
+                rows,
+                cols,
+                &x,
+                n,
+                1,
+                calls + 1,
+            )?;
+            let reference = secs[1..].iter().sum::<f64>() / calls as f64;
+            vs_ref[k].push(reference / ours_best);
+            if also_2024 {
+                let old = per_call(min, || {
+                    bitnet_crossval::i2s_matmul_timed(&bytes, rows, cols, &x, n, 1)
+                        .map(|(_, d)| d)
+                        .map_err(|e| e.to_string())
+                })?;
+                vs_2024[k].push(old / ours_best);
+            }
         }
     }
     let mut m = Map::new();
@@ -206,7 +246,13 @@ fn kernel(g: &Gate) -> RunResult {
     for (k, &n) in tokens.iter().enumerate() {
         let r = median(&vs_ref[k]);
         m.insert(format!("vs_ref_n{n}"), json!(r));
-        summary.push(format!("{n} token(s) ours/ref x{r:.3}"));
+        let mut line = format!("{n} token(s) ours ({})/2026 x{r:.3}", best.name());
+        if also_2024 {
+            let o = median(&vs_2024[k]);
+            m.insert(format!("vs_2024_n{n}"), json!(o));
+            line += &format!(" (/0.0.5 x{o:.3})");
+        }
+        summary.push(line);
     }
     Ok((
         format!(

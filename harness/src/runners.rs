@@ -101,6 +101,14 @@ pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
     let path = spec.materialize(ctx)?;
     let mut model = Model::load(&path).map_err(|e| e.to_string())?;
     model.threads = ctx.threads;
+    // A load-time option judged against the file as stored (reference "engine-as-stored").
+    match input_str(g, "head") {
+        None => {}
+        Some("q8_0") => model
+            .quantize_head(bitnet::model::HeadFormat::Q8_0)
+            .map_err(|e| e.to_string())?,
+        Some(h) => return Err(format!("head {h:?} (q8_0)")),
+    }
     let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
     let mut opts = crossval_options(g)?;
     let ctx_len = opts.tokens.max(64).min(model.config.context_length);

@@ -41,8 +41,15 @@ fn model_path(weights: &str) -> PathBuf {
 
 /// A receipt of a real seeded run, built exactly as `bitnet run --receipt` builds it.
 fn real_receipt(weights: &str) -> Receipt {
+    receipt_with(weights, None)
+}
+
+fn receipt_with(weights: &str, head: Option<bitnet::model::HeadFormat>) -> Receipt {
     let path = model_path(weights);
     let mut model = Model::load(&path).unwrap();
+    if let Some(h) = head {
+        model.quantize_head(h).unwrap();
+    }
     model.threads = 2;
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
     let opts = GenerateOptions {
@@ -84,6 +91,32 @@ fn check(r: &Receipt, name: &str, opts: &VerifyOptions) -> Verdict {
 
 fn classes(v: &Verdict) -> Vec<Class> {
     v.findings.iter().map(|f| f.class).collect()
+}
+
+#[test]
+fn a_run_with_a_requantized_head_replays_with_it_and_not_without() {
+    let r = receipt_with("i2_s", Some(bitnet::model::HeadFormat::Q8_0));
+    assert_eq!(r.model_info.tensor_types["output"], "Q8_0");
+    assert!(r.kernels.iter().any(|k| k.id.starts_with("q8_0_gemv_")));
+    let opts = VerifyOptions {
+        public_key: None,
+        replay: true,
+    };
+    let v = check(&r, "head-q8_0.json", &opts);
+    assert!(v.ok, "replay applies the recorded head: {v:#?}");
+    // The same output claimed for the file's own head: replay runs F32 and must disagree
+    // (or the audit must, its kernel ids no longer matching the recorded types).
+    let mut forged = r.clone();
+    forged
+        .model_info
+        .tensor_types
+        .insert("output".into(), "F32".into());
+    forged.digest = receipt::content_digest(&serde_json::to_value(&forged).unwrap());
+    let v = check(&forged, "head-forged.json", &opts);
+    assert!(
+        !v.ok,
+        "a receipt that hides its re-quantized head must fail"
+    );
 }
 
 #[test]

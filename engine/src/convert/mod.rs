@@ -150,19 +150,7 @@ impl EmbedFormat {
     }
 }
 
-/// ggml's Q8_0: blocks of 32 values, each an f16 scale d = max|x| / 127 and 32 int8
-/// round(x / d) (half away from zero, as ggml's `roundf`). `v.len()` is a multiple of 32.
-pub fn encode_q8_0(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() / 32 * 34);
-    for b in v.chunks_exact(32) {
-        let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend(b.iter().map(|x| (x * id).round() as i8 as u8));
-    }
-    out
-}
+pub use crate::quant::float::encode_q8_0;
 
 /// A ternary matrix (values -1/0/+1, row-major rows x cols) with one scale.
 #[derive(Clone, Debug)]

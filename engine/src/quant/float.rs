@@ -38,6 +38,20 @@ pub fn dequantize_row(ty: TensorType, row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// ggml's Q8_0: blocks of 32 values, each an f16 scale d = max|x| / 127 and 32 int8
+/// round(x / d) (half away from zero, as ggml's `roundf`). `v.len()` is a multiple of 32.
+pub fn encode_q8_0(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() / 32 * 34);
+    for b in v.chunks_exact(32) {
+        let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(b.iter().map(|x| (x * id).round() as i8 as u8));
+    }
+    out
+}
+
 /// Dot product of a float-format row with f32 activations. Eight partial sums, combined in a
 /// fixed order, so the result never depends on how rows are split across threads.
 pub fn dot(ty: TensorType, row: &[u8], x: &[f32], scratch: &mut [f32]) -> f32 {
@@ -101,17 +115,47 @@ pub mod avx2 {
         finish(acc, tail)
     }
 
-    /// [`dot_f16`] of `R` rows against `T` token rows (the output projection): each weight
-    /// vector is converted once and used for every token; every (row, token) pair keeps its
-    /// own add chain in exactly the order `dot_f16` uses. The bytes from `ahead` on (the next
-    /// rows, typically) are prefetched as these are read: rows are short, so the hardware
-    /// prefetcher would meet every new group of rows cold.
-    ///
-    /// # Safety
-    /// As [`dot_f16`], for each row and each `xs[t]` (all the same length).
+    /// Eight weights of `row` from value `i` on, as f32: F16 (`Q8 = false`) or Q8_0 blocks
+    /// (`Q8 = true`; `i` a multiple of 8, so the eight lie in one block), each value exactly
+    /// as [`super::dequantize_row`] gives it (`q as f32 * d`, one rounding).
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn dot_f16_rxt<const R: usize, const T: usize>(
+    unsafe fn load8<const Q8: bool>(row: &[u8], i: usize) -> __m256 {
+        if Q8 {
+            let blk = row.as_ptr().add(i / 32 * 34);
+            let d = half::f16::from_le_bytes([*blk, *blk.add(1)]).to_f32();
+            let q = _mm_loadl_epi64(blk.add(2 + i % 32) as *const __m128i);
+            _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
+                _mm256_set1_ps(d),
+            )
+        } else {
+            _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i))
+        }
+    }
+
+    /// Bytes of a row up to value `i`.
+    #[inline]
+    fn offset<const Q8: bool>(i: usize) -> usize {
+        if Q8 {
+            i / 32 * 34 + 2 + i % 32
+        } else {
+            2 * i
+        }
+    }
+
+    /// [`dot_f16`] (or the Q8_0 equivalent) of `R` rows against `T` token rows (the output
+    /// projection): each weight vector is converted once and used for every token; every
+    /// (row, token) pair keeps its own add chain in exactly the order `dot_f16` uses. The bytes
+    /// from `ahead` on (the next rows, typically) are prefetched as these are read: rows are
+    /// short, so the hardware prefetcher would meet every new group of rows cold.
+    ///
+    /// # Safety
+    /// As [`dot_f16`], for each row and each `xs[t]` (all the same length); for Q8_0 the
+    /// length is a multiple of 32.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn dot_rxt<const Q8: bool, const R: usize, const T: usize>(
         rows: [&[u8]; R],
         xs: [&[f32]; T],
         ahead: *const u8,
@@ -121,12 +165,8 @@ pub mod avx2 {
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         for i in (0..n8).step_by(8) {
             // As many bytes of what comes next as are read here.
-            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(2 * R * i) as *const i8);
-            let w: [__m256; R] = std::array::from_fn(|r| {
-                _mm256_cvtph_ps(_mm_loadu_si128(
-                    rows[r].as_ptr().add(2 * i) as *const __m128i
-                ))
-            });
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(R * offset::<Q8>(i)) as *const i8);
+            let w: [__m256; R] = std::array::from_fn(|r| load8::<Q8>(rows[r], i));
             for t in 0..T {
                 let xv = _mm256_loadu_ps(xs[t].as_ptr().add(i));
                 for r in 0..R {
@@ -137,10 +177,12 @@ pub mod avx2 {
         let mut out = [[0f32; T]; R];
         for t in 0..T {
             let mut tail = [0f32; R];
-            for (r, row) in rows.iter().enumerate() {
-                for i in n8..len {
-                    tail[r] +=
-                        half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * xs[t][i];
+            if !Q8 {
+                for (r, row) in rows.iter().enumerate() {
+                    for i in n8..len {
+                        tail[r] += half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32()
+                            * xs[t][i];
+                    }
                 }
             }
             for r in 0..R {
@@ -158,16 +200,16 @@ pub mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn f16_groups<const R: usize, const T: usize>(
+    unsafe fn groups<const Q8: bool, const R: usize, const T: usize>(
         w: &[u8],
         row_bytes: usize,
+        cols: usize,
         rows: std::ops::Range<usize>,
         x: &[f32],
         n: usize,
         out: *mut f32,
         out_rows: usize,
     ) -> usize {
-        let cols = row_bytes / 2;
         let xt = |t: usize| &x[t * cols..(t + 1) * cols];
         let mut r = rows.start;
         while r + R <= rows.end {
@@ -177,7 +219,7 @@ pub mod avx2 {
             let mut t = 0;
             while t < n {
                 if n - t >= T {
-                    let d = dot_f16_rxt::<R, T>(rs, std::array::from_fn(|j| xt(t + j)), ahead);
+                    let d = dot_rxt::<Q8, R, T>(rs, std::array::from_fn(|j| xt(t + j)), ahead);
                     for (i, dr) in d.iter().enumerate() {
                         for (j, &v) in dr.iter().enumerate() {
                             *out.add((t + j) * out_rows + r + i) = v;
@@ -185,7 +227,7 @@ pub mod avx2 {
                     }
                     t += T;
                 } else {
-                    let d = dot_f16_rxt::<R, 1>(rs, [xt(t)], ahead);
+                    let d = dot_rxt::<Q8, R, 1>(rs, [xt(t)], ahead);
                     for (i, dr) in d.iter().enumerate() {
                         *out.add(t * out_rows + r + i) = dr[0];
                     }
@@ -216,21 +258,48 @@ pub mod avx2 {
         out: *mut f32,
         out_rows: usize,
     ) {
-        let cols = row_bytes / 2;
-        let xt = |t: usize| &x[t * cols..(t + 1) * cols];
-        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        float_rows::<false>(w, row_bytes, row_bytes / 2, rows, x, n, out, out_rows)
+    }
+
+    /// [`f16_rows`] for Q8_0 rows (`row_bytes / 34` blocks of 32 values): the same sums as
+    /// the scalar dequantize-then-dot path, bit for bit.
+    ///
+    /// # Safety
+    /// As [`f16_rows`], with `x` holding `n` rows of `row_bytes / 34 * 32` values.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn q8_0_rows(
+        w: &[u8],
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: *mut f32,
+        out_rows: usize,
+    ) {
+        float_rows::<true>(w, row_bytes, row_bytes / 34 * 32, rows, x, n, out, out_rows)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn float_rows<const Q8: bool>(
+        w: &[u8],
+        row_bytes: usize,
+        cols: usize,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: *mut f32,
+        out_rows: usize,
+    ) {
         let mut r = rows.start;
         // Several tokens: two rows against four tokens per pass (eight add chains, each
         // converted weight used four times); one token: four rows per pass.
         if n >= 4 {
-            r = f16_groups::<2, 4>(w, row_bytes, r..rows.end, x, n, out, out_rows);
+            r = groups::<Q8, 2, 4>(w, row_bytes, cols, r..rows.end, x, n, out, out_rows);
         }
-        r = f16_groups::<4, 1>(w, row_bytes, r..rows.end, x, n, out, out_rows);
-        for r in r..rows.end {
-            for t in 0..n {
-                *out.add(t * out_rows + r) = dot_f16(row(r), xt(t));
-            }
-        }
+        r = groups::<Q8, 4, 1>(w, row_bytes, cols, r..rows.end, x, n, out, out_rows);
+        groups::<Q8, 1, 1>(w, row_bytes, cols, r..rows.end, x, n, out, out_rows);
     }
 
     /// # Safety

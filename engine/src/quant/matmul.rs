@@ -305,6 +305,15 @@ impl Weight {
             unsafe { float::avx2::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
             return;
         }
+        // Q8_0 (a quantized output projection): the same loop as F16.
+        #[cfg(target_arch = "x86_64")]
+        if self.ty == TensorType::Q8_0 && isa >= Isa::Avx2 {
+            let rb = self.ty.row_bytes(self.cols);
+            // SAFETY: Isa::effective only yields Avx2 for Q8_0 when the CPU has AVX2 and F16C;
+            // `x` has `n` rows of `cols` (a multiple of 32); `out` as for this function.
+            unsafe { float::avx2::q8_0_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
+            return;
+        }
         // Ternary I2_S: every token of the product (one, a prompt, or the decode steps of
         // several sequences) in one SIMD loop over the rows: AVX-512 VNNI (`vpdpbusd`) for rows
         // short enough for its i32 lanes, otherwise AVX2.
@@ -488,7 +497,11 @@ impl Isa {
         let isa = isa.min(Isa::detect());
         let best = match ty {
             TensorType::I2S | TensorType::F16 => Isa::Avx512,
-            TensorType::TL2 | TensorType::TQ2_0 | TensorType::TQ1_0 | TensorType::F32 => Isa::Avx2,
+            TensorType::TL2
+            | TensorType::TQ2_0
+            | TensorType::TQ1_0
+            | TensorType::F32
+            | TensorType::Q8_0 => Isa::Avx2,
             _ => Isa::Scalar,
         };
         isa.min(best)
@@ -529,6 +542,8 @@ pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
     (TensorType::BF16, false, Isa::Scalar, "bf16_gemm_scalar"),
     (TensorType::Q8_0, true, Isa::Scalar, "q8_0_gemv_scalar"),
     (TensorType::Q8_0, false, Isa::Scalar, "q8_0_gemm_scalar"),
+    (TensorType::Q8_0, true, Isa::Avx2, "q8_0_gemv_avx2"),
+    (TensorType::Q8_0, false, Isa::Avx2, "q8_0_gemm_avx2"),
 ];
 
 /// Whether `id` names a kernel of this engine.

@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// The BPE pre-tokenizer (the global `--tokenizer-pre`, set by the CLI).
     #[arg(skip)]
     pub tokenizer_pre: Option<String>,
+    /// The output projection's format at load (the global `--head`, set by the CLI).
+    #[arg(skip)]
+    pub head: Option<crate::model::HeadFormat>,
     /// Model id reported by /v1/models (default: the file name without extension).
     #[arg(long)]
     pub alias: Option<String>,
@@ -303,6 +306,9 @@ fn load(opts: &ServeArgs) -> Result<Loaded> {
     }
     let gguf_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
     let mut model = Model::from_gguf(file)?;
+    if let Some(h) = opts.head {
+        model.quantize_head(h)?;
+    }
     if let Some(t) = opts.threads {
         model.threads = t;
     }
