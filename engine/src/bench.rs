@@ -328,10 +328,8 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
         row.gen_of_roofline = row.ours.gen_tps / row.roofline_gen_tps;
     }
     let head_bytes = if opts.head.is_some() {
-        model
-            .output
-            .ty
-            .tensor_bytes(model.output.cols as u64, model.output.rows as u64)
+        let (cols, rows) = (model.output.cols as u64, model.output.rows as u64);
+        model.output.ty.tensor_bytes(cols, cols * rows)
     } else {
         0
     };
@@ -452,37 +450,36 @@ fn tps(n: usize, d: Duration) -> f64 {
 /// The buffer the read bandwidth is measured on: far larger than any cache.
 const BANDWIDTH_BUFFER: usize = 512 << 20;
 
-/// Weight bytes a generated token reads: all tensors except `token_embd.weight` (one row of
-/// it is read), unless there is no `output.weight` (a tied head reads it in full).
+/// Weight bytes a generated token reads: every tensor of the file but the token embedding (one
+/// row of it is read) and the output projection, plus the output projection as the model
+/// holds it (the file's, the tied embedding, or re-quantized by `--head`).
 pub fn bytes_per_token(model: &Model) -> u64 {
-    let ts = model.file.tensors();
-    let tied = !ts.iter().any(|t| t.name == "output.weight");
-    ts.iter()
-        .filter(|t| tied || t.name != "token_embd.weight")
+    let layers: u64 = model
+        .file
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "token_embd.weight" && t.name != "output.weight")
         .map(|t| t.size)
-        .sum()
+        .sum();
+    let (cols, rows) = (model.output.cols as u64, model.output.rows as u64);
+    layers + model.output.ty.tensor_bytes(cols, cols * rows)
 }
 
 /// Memory read bandwidth in bytes/s with `threads` threads, each summing its share of a
-/// `len`-byte buffer; the best of `passes` passes.
+/// `len`-byte buffer with the widest loads this CPU has and several independent accumulators
+/// (a plain scalar sum reads far below what the matmul kernels reach); the best of `passes`.
 pub fn read_bandwidth(threads: usize, len: usize, passes: usize) -> f64 {
     let threads = threads.max(1);
     // Written first: untouched pages would all map the shared zero page.
     let buf: Vec<u64> = (0..len / 8).map(|i| i as u64).collect();
-    let chunk = buf.len().div_ceil(threads);
+    let chunk = buf.len().div_ceil(threads).div_ceil(16) * 16;
     let mut best = 0f64;
     for _ in 0..passes {
         let t0 = Instant::now();
         let sum = std::thread::scope(|s| {
             let parts: Vec<_> = buf
                 .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        std::hint::black_box(part)
-                            .iter()
-                            .fold(0u64, |a, &x| a.wrapping_add(x))
-                    })
-                })
+                .map(|part| s.spawn(move || sum_words(std::hint::black_box(part))))
                 .collect();
             parts
                 .into_iter()
@@ -494,6 +491,38 @@ pub fn read_bandwidth(threads: usize, len: usize, passes: usize) -> f64 {
         best = best.max(len as f64 / secs.max(1e-9));
     }
     best
+}
+
+/// The wrapping sum of `v`: AVX2, four 256-bit accumulators, where the CPU has it.
+fn sum_words(v: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { sum_words_avx2(v) };
+    }
+    v.iter().fold(0u64, |a, &x| a.wrapping_add(x))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_words_avx2(v: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut blocks = v.chunks_exact(16);
+    for b in &mut blocks {
+        let p = b.as_ptr() as *const __m256i;
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_epi64(*a, _mm256_loadu_si256(p.add(k)));
+        }
+    }
+    let mut lanes = [0u64; 16];
+    for (k, a) in acc.iter().enumerate() {
+        _mm256_storeu_si256(lanes.as_mut_ptr().add(4 * k) as *mut __m256i, *a);
+    }
+    lanes
+        .iter()
+        .chain(blocks.remainder())
+        .fold(0u64, |a, &x| a.wrapping_add(x))
 }
 
 /// The CPU's model name (`/proc/cpuinfo`), or "unknown".

@@ -89,7 +89,9 @@ impl GgufWriter {
     where
         F: FnMut(usize, &mut dyn Write) -> io::Result<()>,
     {
-        let mut v = Vec::new();
+        // Sized up front: a large tensor must not make the vector grow by doubling.
+        let data: u64 = self.tensors.iter().map(|t| t.size).sum();
+        let mut v = Vec::with_capacity(usize::try_from(data).unwrap_or(0) + (1 << 16));
         self.write_to(&mut v, fill)?;
         Ok(v)
     }

@@ -123,12 +123,11 @@ pub mod avx2 {
     unsafe fn load8<const Q8: bool>(row: &[u8], i: usize) -> __m256 {
         if Q8 {
             let blk = row.as_ptr().add(i / 32 * 34);
-            let d = half::f16::from_le_bytes([*blk, *blk.add(1)]).to_f32();
+            // The block's f16 scale, converted by F16C and broadcast (exact, as half's is).
+            let bits = u16::from_le_bytes([*blk, *blk.add(1)]);
+            let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
             let q = _mm_loadl_epi64(blk.add(2 + i % 32) as *const __m128i);
-            _mm256_mul_ps(
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
-                _mm256_set1_ps(d),
-            )
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d)
         } else {
             _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i))
         }
