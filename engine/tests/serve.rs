@@ -453,6 +453,88 @@ fn bad_requests_get_openai_error_bodies() {
 }
 
 #[test]
+fn fields_the_server_does_not_honour_are_refused_by_name_never_ignored() {
+    let s = serve(&[]);
+    let refused = |route: &str, body: serde_json::Value, param: &str, code: &str| {
+        let r = s.post(route, body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(param),
+            "{v}"
+        );
+    };
+    let (c, chat) = ("/v1/completions", "/v1/chat/completions");
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    refused(
+        c,
+        json!({"prompt": "x", "logprobs": 3}),
+        "logprobs",
+        "unsupported_parameter",
+    );
+    refused(
+        chat,
+        json!({"messages": msgs, "logprobs": true, "top_logprobs": 2}),
+        "logprobs",
+        "unsupported_parameter",
+    );
+    refused(
+        chat,
+        json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+        "response_format",
+        "unsupported_parameter",
+    );
+    refused(
+        chat,
+        json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        "tools",
+        "unsupported_parameter",
+    );
+    refused(
+        c,
+        json!({"prompt": "x", "logit_bias": {"1": 5}}),
+        "logit_bias",
+        "unsupported_parameter",
+    );
+    refused(
+        c,
+        json!({"prompt": "x", "mirostat": 2}),
+        "mirostat",
+        "unknown_parameter",
+    );
+    refused(
+        chat,
+        json!({"messages": msgs, "prompt": "x"}),
+        "prompt",
+        "unknown_parameter",
+    );
+    refused(
+        chat,
+        json!({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}),
+        "messages[0].name",
+        "unsupported_parameter",
+    );
+    let r = s.post(
+        c,
+        json!({"prompt": "x", "stream": true, "stream_options": {"include_usage": true, "x": 1}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("unknown field `x`"), "{}", r.body);
+    // Values that ask for nothing are what many clients send by default: accepted.
+    for ok in [
+        json!({"prompt": "x", "max_tokens": 1, "logprobs": null, "user": "u1"}),
+        json!({"prompt": "x", "max_tokens": 1, "logprobs": false, "logit_bias": {}}),
+    ] {
+        assert_eq!(s.post(c, ok.clone()).status, 200, "{ok}");
+    }
+    let ok = json!({"messages": msgs, "max_tokens": 1, "response_format": {"type": "text"},
+                    "tools": [], "tool_choice": "none", "top_logprobs": 0});
+    assert_eq!(s.post(chat, ok.clone()).status, 200, "{ok}");
+}
+
+#[test]
 fn overload_and_rate_limit_answer_with_retry_after() {
     let s = serve(&["--parallel", "1", "--queue", "1"]);
     let long = json!({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true, "stream": true});

@@ -28,6 +28,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub code: &'static str,
     pub message: String,
+    /// The request field the error is about.
+    pub param: Option<String>,
     pub retry_after: Option<u64>,
 }
 
@@ -46,8 +48,15 @@ impl ApiError {
             kind,
             code,
             message: message.into(),
+            param: None,
             retry_after: None,
         }
+    }
+    /// A 400 about one request field (`param` in the answer).
+    pub fn field(param: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, code, message);
+        e.param = Some(param.into());
+        e
     }
     pub fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -57,7 +66,7 @@ impl ApiError {
         self
     }
     fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
 }
 
@@ -72,8 +81,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Reads and parses a JSON body of at most `--max-body` bytes.
-async fn json_body<T: serde::de::DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
+/// Reads and parses a JSON body of at most `--max-body` bytes; for the completion routes,
+/// every field is first checked to be one this server honours ([`vet_fields`]).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    body: Body,
+    route: Option<Route>,
+) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, app.opts.max_body)
         .await
         .map_err(|_| {
@@ -86,7 +100,155 @@ async fn json_body<T: serde::de::DeserializeOwned>(app: &App, body: Body) -> Res
                 ),
             )
         })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
+    if let Some(route) = route {
+        vet_fields(route, &v)?;
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+}
+
+/// Fields both completion routes honour (OpenAI's, and llama.cpp's sampling extensions).
+/// `user` is an end-user id for the caller's own records; it never changes an answer.
+const SAMPLING_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "ignore_eos",
+    "user",
+];
+
+/// OpenAI fields this server does not implement: a request that asks for one (any value but
+/// "nothing") is refused with a 400 naming it, never answered as if it had not been asked.
+const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
+    (
+        "logprobs",
+        "token log-probabilities are not implemented yet",
+    ),
+    (
+        "top_logprobs",
+        "token log-probabilities are not implemented yet",
+    ),
+    (
+        "response_format",
+        "structured output (json_object, json_schema) is not implemented yet",
+    ),
+    ("tools", "tool calls are not implemented yet"),
+    ("tool_choice", "tool calls are not implemented yet"),
+    ("parallel_tool_calls", "tool calls are not implemented yet"),
+    ("functions", "function calls are not implemented"),
+    ("function_call", "function calls are not implemented"),
+    ("logit_bias", "logit_bias is not implemented"),
+    ("suffix", "suffix (insertion) is not supported"),
+    ("best_of", "best_of is not supported (n = 1 only)"),
+    (
+        "grammar",
+        "grammar-constrained output is not implemented yet",
+    ),
+    (
+        "json_schema",
+        "schema-constrained output is not implemented yet",
+    ),
+    ("audio", "audio output is not supported"),
+    ("modalities", "only text output is supported"),
+    ("prediction", "predicted outputs are not supported"),
+    (
+        "reasoning_effort",
+        "this model has no reasoning-effort setting",
+    ),
+    ("web_search_options", "web search is not supported"),
+    ("store", "stored completions are not supported"),
+    ("metadata", "stored completions are not supported"),
+    ("service_tier", "service tiers are not supported"),
+];
+
+/// Whether `v` asks for nothing: absent-equivalent values a client may send by default.
+fn asks_nothing(name: &str, v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) if o.is_empty() => true,
+        Value::String(s) if name == "tool_choice" => s == "none",
+        Value::Object(o) if name == "response_format" => {
+            o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("text")
+        }
+        Value::Number(n) if name == "top_logprobs" => n.as_u64() == Some(0),
+        _ => false,
+    }
+}
+
+/// Every field of a completion request is one this server honours, or one that asks for
+/// nothing; an unsupported or unknown field is a 400 naming it.
+fn vet_fields(route: Route, v: &Value) -> Result<(), ApiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad("the body must be a JSON object"))?;
+    let own: &[&str] = match route {
+        Route::Completion => &["prompt", "echo"],
+        Route::Chat => &["messages"],
+    };
+    for (k, val) in obj {
+        if own.contains(&k.as_str()) || SAMPLING_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        match UNSUPPORTED_FIELDS.iter().find(|(f, _)| f == k) {
+            Some(_) if asks_nothing(k, val) => {}
+            Some((_, why)) => {
+                return Err(ApiError::field(
+                    k.clone(),
+                    "unsupported_parameter",
+                    format!("`{k}` is not supported by this server: {why}"),
+                ))
+            }
+            None => {
+                return Err(ApiError::field(
+                    k.clone(),
+                    "unknown_parameter",
+                    format!("unrecognized request field `{k}`"),
+                ))
+            }
+        }
+    }
+    if route == Route::Chat {
+        if let Some(msgs) = obj.get("messages").and_then(Value::as_array) {
+            for (i, m) in msgs.iter().enumerate() {
+                let Some(m) = m.as_object() else { continue };
+                for (k, val) in m {
+                    let ok = matches!(k.as_str(), "role" | "content")
+                        || (matches!(
+                            k.as_str(),
+                            "name" | "tool_calls" | "tool_call_id" | "refusal"
+                        ) && asks_nothing(k, val));
+                    if !ok {
+                        let what = match k.as_str() {
+                            "name" => "participant names are not passed to the chat template",
+                            "tool_calls" | "tool_call_id" => "tool calls are not implemented yet",
+                            _ => "unrecognized message field",
+                        };
+                        return Err(ApiError::field(
+                            format!("messages[{i}].{k}"),
+                            "unsupported_parameter",
+                            format!("`messages[{i}].{k}` is not supported: {what}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A string or a list of strings (OpenAI allows both for `stop` and `prompt`).
@@ -131,6 +293,7 @@ pub struct Sampling {
 }
 
 #[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
@@ -302,7 +465,7 @@ fn admit(app: &App, client: SocketAddr) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Route {
     Completion,
     Chat,
@@ -314,7 +477,7 @@ pub async fn completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     admit(&app, client)?;
-    let req: CompletionRequest = json_body(&app, body).await?;
+    let req: CompletionRequest = json_body(&app, body, Some(Route::Completion)).await?;
     let loaded = app.loaded.get().expect("admit checked");
     check_model(&app, req.model.as_deref())?;
     let prompt = match req.prompt.into_vec().as_slice() {
@@ -332,7 +495,7 @@ pub async fn chat_completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     admit(&app, client)?;
-    let req: ChatRequest = json_body(&app, body).await?;
+    let req: ChatRequest = json_body(&app, body, Some(Route::Chat)).await?;
     let loaded = app.loaded.get().expect("admit checked");
     check_model(&app, req.model.as_deref())?;
     if req.messages.is_empty() {
@@ -690,6 +853,7 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     content: String,
     #[serde(default = "yes")]
@@ -705,7 +869,7 @@ fn yes() -> bool {
 }
 
 pub async fn tokenize(State(app): State<Arc<App>>, body: Body) -> Result<Json<Value>, ApiError> {
-    let req: TokenizeRequest = json_body(&app, body).await?;
+    let req: TokenizeRequest = json_body(&app, body, None).await?;
     let l = app.loaded.get().ok_or_else(loading)?;
     let ids = l
         .tok
@@ -727,12 +891,13 @@ pub async fn tokenize(State(app): State<Arc<App>>, body: Body) -> Result<Json<Va
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DetokenizeRequest {
     tokens: Vec<u32>,
 }
 
 pub async fn detokenize(State(app): State<Arc<App>>, body: Body) -> Result<Json<Value>, ApiError> {
-    let req: DetokenizeRequest = json_body(&app, body).await?;
+    let req: DetokenizeRequest = json_body(&app, body, None).await?;
     let l = app.loaded.get().ok_or_else(loading)?;
     let text = l
         .tok
