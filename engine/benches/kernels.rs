@@ -115,19 +115,47 @@ fn f16_matrix(rng: &mut Rng, rows: usize, cols: usize, bench: bool) -> Matrix {
     Matrix::new(TensorType::F16, rows, cols, bytes, bench)
 }
 
-/// The best of a few streaming sums over a buffer much larger than the caches, in bytes/s.
+/// Single-thread read bandwidth: the probe `bitnet bench` uses for its roofline.
 fn read_bandwidth(len: usize, passes: usize) -> f64 {
-    // Written first: untouched pages would all map the shared zero page.
-    let buf: Vec<u64> = (0..len / 8).map(|i| i as u64).collect();
-    let mut best = 0f64;
-    for _ in 0..passes {
-        let t0 = Instant::now();
-        let sum = black_box(&buf).iter().fold(0u64, |a, &x| a.wrapping_add(x));
-        let s = t0.elapsed().as_secs_f64();
-        black_box(sum);
-        best = best.max(len as f64 / s);
+    bitnet::bench::read_bandwidth(1, len, passes)
+}
+
+/// The pool's cost per dispatch (one `run` of one empty task per thread), back to back (the
+/// workers still spinning) and after a 200 us pause (as between two products of a decode
+/// step when attention or norms run in between: the workers may have parked).
+fn pool_dispatch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool_dispatch");
+    for threads in [2usize, 4] {
+        if threads > bitnet::pool::max_threads() {
+            continue;
+        }
+        let pool = bitnet::pool::get(threads);
+        g.bench_function(format!("{threads}_threads_back_to_back"), |b| {
+            b.iter(|| {
+                pool.run(threads, &|i| {
+                    black_box(i);
+                })
+            })
+        });
+        g.bench_function(format!("{threads}_threads_after_200us"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let pause = Instant::now();
+                    while pause.elapsed() < Duration::from_micros(200) {
+                        std::hint::spin_loop();
+                    }
+                    let t0 = Instant::now();
+                    pool.run(threads, &|i| {
+                        black_box(i);
+                    });
+                    total += t0.elapsed();
+                }
+                total
+            })
+        });
     }
-    best
+    g.finish();
 }
 
 /// Per-call times each benchmark observed (criterion's own samples, through `iter_custom`).
@@ -311,6 +339,7 @@ fn main() {
             &[("scalar", scalar, 1), ("avx2", avx2, 1)],
         );
     }
+    pool_dispatch(&mut c);
     c.final_summary();
 
     if !bench_mode {

@@ -534,9 +534,7 @@ impl Model {
         // Products that share an input quantize it once, into the kept buffers.
         let mut products = |x: &[f32], outs: &mut [(&Weight, &mut [f32])]| {
             let input = Input::reusing(x, n, std::mem::take(buffers));
-            for (w, out) in outs.iter_mut() {
-                w.matmul_input(isa, &input, out, th, st);
-            }
+            Weight::matmul_group(isa, &input, outs, th, st);
             *buffers = input.into_buffers();
         };
 

@@ -244,8 +244,12 @@ fn bench_prints_a_table_and_writes_json_with_the_rss_bound() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(
         table.contains(
-            "| threads | prefill t/s | generation t/s | generation t/s, 3 sequences | batched/single |"
+            "| threads | prefill t/s | generation t/s | read GB/s | roofline t/s | of roofline | generation t/s, 3 sequences | batched/single |"
         ),
+        "{table}"
+    );
+    assert!(
+        table.contains("roofline:") && table.contains(" on "),
         "{table}"
     );
     assert!(table.contains("peak RSS"), "{table}");
@@ -266,6 +270,17 @@ fn bench_prints_a_table_and_writes_json_with_the_rss_bound() {
         );
         let ratio = row["parallel_ratio"].as_f64().unwrap();
         assert!((ratio - batched / single).abs() < 1e-9, "{row}");
+        // The roofline: measured bandwidth over the bytes a token reads.
+        let (gbs, roof) = (
+            row["read_gbs"].as_f64().unwrap(),
+            row["roofline_gen_tps"].as_f64().unwrap(),
+        );
+        let bytes = r["bytes_per_token"].as_f64().unwrap();
+        assert!(
+            gbs > 0.1 && (roof - gbs * 1e9 / bytes).abs() < 1e-6 * roof,
+            "{row}"
+        );
+        assert!((row["gen_of_roofline"].as_f64().unwrap() - single / roof).abs() < 1e-9);
     }
     assert_eq!(r["parallel"].as_u64(), Some(3));
     let m = &r["memory"];

@@ -266,6 +266,88 @@ impl Weight {
         );
     }
 
+    /// Several products of the same input (q, k and v; gate and up) in one dispatch to the
+    /// pool: every weight's rows are cut into chunks exactly as [`Weight::matmul_input`] cuts
+    /// them and all the chunks are one job, so the threads meet once instead of once per
+    /// weight. Each output element is computed by the same code as alone: identical bits.
+    pub fn matmul_group(
+        isa: Isa,
+        input: &Input,
+        outs: &mut [(&Weight, &mut [f32])],
+        threads: usize,
+        stats: &KernelStats,
+    ) {
+        // Parts live on the stack (a decode step allocates nothing): at most this many.
+        const MAX_GROUP: usize = 4;
+        if outs.len() == 1 || outs.len() > MAX_GROUP || outs.iter().any(|(w, _)| w.tl2.is_some()) {
+            // One weight, or TL2 (whose tables are built per weight): one job each.
+            for (w, out) in outs.iter_mut() {
+                w.matmul_input(isa, input, out, threads, stats);
+            }
+            return;
+        }
+        let (x, n) = (input.x, input.n);
+        let t0 = Instant::now();
+        let total: usize = outs.iter().map(|(w, _)| w.rows * w.cols * n).sum();
+        let threads = if total < (1 << 15) { 1 } else { threads.max(1) };
+        struct Part<'a> {
+            w: &'a Weight,
+            isa: Isa,
+            acts: &'a [QuantRow],
+            chunk: usize,
+            first_task: usize,
+            out: SendPtr,
+        }
+        let mut parts: [Option<Part>; MAX_GROUP] = std::array::from_fn(|_| None);
+        let mut tasks = 0;
+        for ((w, out), slot) in outs.iter_mut().zip(parts.iter_mut()) {
+            assert_eq!(x.len(), n * w.cols, "{}: activation length", w.name);
+            assert_eq!(out.len(), n * w.rows, "{}: output length", w.name);
+            let acts: &[QuantRow] = if w.ty.traits().kind == Kind::Ternary {
+                input.quantized(w.cols)
+            } else {
+                &[]
+            };
+            let chunk = w.rows.div_ceil(threads * 4).max(8);
+            *slot = Some(Part {
+                w,
+                isa: Isa::effective(w.ty, isa),
+                acts,
+                chunk,
+                first_task: tasks,
+                out: SendPtr(out.as_mut_ptr()),
+            });
+            tasks += w.rows.div_ceil(chunk);
+        }
+        crate::pool::get(threads).run(tasks, &|i| {
+            let p = parts
+                .iter()
+                .rev()
+                .flatten()
+                .find(|p| p.first_task <= i)
+                .expect("task 0 belongs to the first part");
+            let j = i - p.first_task;
+            let (r0, r1) = (j * p.chunk, ((j + 1) * p.chunk).min(p.w.rows));
+            let tokens = tl2::Tokens {
+                acts: p.acts,
+                luts: &[],
+            };
+            // SAFETY: tasks cover disjoint row ranges of each output, and the outputs outlive
+            // the run.
+            unsafe { p.w.rows_into(p.isa, r0..r1, x, n, tokens, p.out) };
+        });
+        let elapsed = t0.elapsed();
+        for (w, out) in outs.iter_mut() {
+            if let Some(s) = w.post_scale {
+                out.iter_mut().for_each(|v| *v *= s);
+            }
+            // The job's time, shared out by each weight's part of the work.
+            let elements = w.rows * w.cols * n;
+            let share = elapsed.mul_f64(elements as f64 / total.max(1) as f64);
+            stats.record(w.kernel_id(n, isa), 1, elements as u64, share);
+        }
+    }
+
     /// Writes `out[t * rows + r]` for the rows in `range` and every token `t`.
     ///
     /// # Safety
