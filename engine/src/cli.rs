@@ -31,7 +31,7 @@ pub struct Cli {
     pub tokenizer_pre: Option<String>,
     /// Re-quantize the output projection (the logits head) at load: q8_0 reads about half the
     /// bytes of an F16 head per token, at a measured cost in accuracy (KL and top-1 against the
-    /// file's head: `bitnet-validate` gate head-q8_0). For run, logits, perplexity, serve, bench.
+    /// file's head: `bitnet-validate` gates head-q8-real, head-q8-hf). For run, logits, perplexity, serve, bench.
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub head: Option<crate::model::HeadFormat>,
 }

@@ -518,7 +518,7 @@ fn head_q8_0_runs_the_q8_0_kernels_and_is_refused_where_it_means_nothing() {
         .collect();
     assert!(ids.iter().any(|k| k.starts_with("q8_0_gemv_")), "{ids:?}");
     assert!(!ids.iter().any(|k| k.starts_with("f16_gem")), "{ids:?}");
-    // Greedy text with the q8_0 head is the F16 head's on this model (gate head-q8_0-real
+    // Greedy text with the q8_0 head is the F16 head's on this model (gate head-q8-real
     // bounds the difference on longer text).
     let plain = bitnet()
         .args(["run", "-m"])

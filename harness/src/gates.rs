@@ -31,6 +31,8 @@ pub enum Kind {
     /// A probe scenario (ci/probes/*.toml) against a launched `bitnet serve`: kubelet
     /// simulator, load, faults; the verdict is the measurements.
     Probe,
+    /// `bitnet-validate lint` on a model: error and warning counts, and which rules fired.
+    Lint,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -156,6 +158,7 @@ pub fn run_gate(g: &Gate, ctx: &Context) -> Outcome {
         Kind::Golden => crate::golden::check(g, ctx),
         Kind::Perf => crate::perf::gate(g, ctx),
         Kind::Probe => crate::probe::gate(g, ctx),
+        Kind::Lint => crate::runners::lint(g, ctx),
     };
     let (passed, message, measurements) = match result {
         Err(e) => (false, format!("error: {e}"), Json::Null),

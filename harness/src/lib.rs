@@ -8,6 +8,7 @@ pub mod audit;
 pub mod crossval;
 pub mod gates;
 pub mod golden;
+pub mod lint;
 pub mod metrics;
 pub mod models;
 pub mod perf;

@@ -67,6 +67,14 @@ enum Cmd {
         #[arg(long, default_value = "target/bitnet-validate")]
         out: PathBuf,
     },
+    /// Check a model file for problems that make engines compute the wrong thing (rule ids and
+    /// severities: README). Exit 1 when there is an error finding.
+    Lint {
+        model: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the engine and the reference side by side on the same file in the same process:
     /// `bitnet bench --vs-reference` (this binary always links the reference).
     Timing(bitnet::bench::BenchArgs),
@@ -304,6 +312,18 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                 .filter(|&c| c != 0)
                 .min()
                 .unwrap_or(0))
+        }
+        Cmd::Lint { model, json } => {
+            let r = bitnet_validate::lint::lint(&model);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", bitnet_validate::lint::text(&r));
+            }
+            Ok(if r.errors > 0 { 1 } else { 0 })
         }
         Cmd::Timing(mut a) => {
             a.vs_reference = true;

@@ -421,3 +421,29 @@ pub fn bad_input(g: &Gate, ctx: &Context) -> RunResult {
         json!({"variants": variants, "panics": panics, "errors": errors, "loaded": loaded}),
     ))
 }
+
+/// `lint` on the gate's model: `errors`, `warnings`, and `rules`, an object with `true` for
+/// every rule that fired (thresholds name the ones that must, or `errors = 0`).
+pub fn lint(g: &Gate, ctx: &Context) -> RunResult {
+    let spec = g.model.as_ref().ok_or("a lint gate needs a model")?;
+    let path = spec.materialize(ctx)?;
+    let r = crate::lint::lint(&path);
+    let mut rules = serde_json::Map::new();
+    for f in &r.findings {
+        rules.insert(f.rule.clone(), json!(true));
+    }
+    let fired: Vec<&str> = rules.keys().map(String::as_str).collect();
+    Ok((
+        format!(
+            "{} errors, {} warnings; rules: {}",
+            r.errors,
+            r.warnings,
+            if fired.is_empty() {
+                "none".to_string()
+            } else {
+                fired.join(", ")
+            }
+        ),
+        json!({"errors": r.errors, "warnings": r.warnings, "findings": r.findings.len(), "rules": rules}),
+    ))
+}

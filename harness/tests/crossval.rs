@@ -4,7 +4,6 @@
 
 use bitnet::model::{Activation, Model};
 use bitnet::tokenizer::Tokenizer;
-use bitnet_crossval::RefModel;
 use bitnet_validate::crossval::{self, Reference, Report};
 use bitnet_validate::gates::{check_thresholds, Context, GatesFile};
 use bitnet_validate::models::ModelSpec;
@@ -197,32 +196,9 @@ fn gate_rejects_relu2_instead_of_silu() {
 
 #[test]
 fn synthetic_gate_rejects_relu2_instead_of_silu() {
-    let ctx = context();
-    let f = GatesFile::load(&root().join("ci/gates.toml")).unwrap();
-    let gate = f
-        .gates
-        .iter()
-        .find(|g| g.id == "crossval-synth-gqa")
-        .expect("gate declared");
-    let path = {
-        let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        gate.model.as_ref().unwrap().materialize(&ctx).unwrap()
-    };
-    let mut model = Model::load(&path).unwrap();
-    model.threads = 2;
-    model.config.activation = Activation::Relu2;
-    let tok = Tokenizer::from_gguf(&model.file).unwrap();
-    let mut references = [Reference::Cpp2024(RefModel::load(&path, 64, 2).unwrap())];
-    let opts = runners::crossval_options(gate).unwrap();
-    let r = crossval::run(
-        &model,
-        &tok,
-        &mut references,
-        runners::model_info(&model, &path).unwrap(),
-        &opts,
-    )
-    .unwrap();
-    let misses = check_thresholds(&gate.thresholds, &measurements(&r));
+    let misses = gate_misses_with("crossval-synth-gqa", |m| {
+        m.config.activation = Activation::Relu2
+    });
     println!("synthetic relu2: {misses:?}");
     assert!(
         !misses.is_empty(),

@@ -93,6 +93,13 @@ impl ChatTemplate {
         })
     }
 
+    /// Bounds what one render may execute (minijinja's fuel: roughly one unit per
+    /// instruction); a render that runs out fails with an error instead of running on.
+    pub fn with_fuel(mut self, fuel: u64) -> Self {
+        self.env.set_fuel(Some(fuel));
+        self
+    }
+
     /// The prompt text for `messages`, ending where the assistant's answer begins.
     pub fn render(&self, messages: &[Message]) -> Result<String, TemplateError> {
         let t = self.env.get_template("chat").map_err(|e| self.err(e))?;
