@@ -473,7 +473,7 @@ pub fn i2s_matmul_timed(
 /// executable (`shim/ref2026.cpp`; its symbols clash with the 2024 reference's, so it runs as a
 /// child process).
 pub mod ref2026 {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     /// The executable.
@@ -481,32 +481,69 @@ pub mod ref2026 {
         Path::new(env!("BITNET_REF2026"))
     }
 
+    /// A scratch file name for this process and thread.
+    fn scratch(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "ref2026-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ))
+    }
+
+    /// Runs `ref2026 <what> ...`; its stdout when it succeeds, else its status and stderr.
+    fn run(what: &str, cmd: &mut Command) -> Result<Vec<u8>, String> {
+        let r = cmd
+            .output()
+            .map_err(|e| format!("{}: {e}", exe().display()))?;
+        if !r.status.success() {
+            return Err(format!(
+                "ref2026 {what} failed ({}): {}",
+                r.status,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        Ok(r.stdout)
+    }
+
+    fn f32s(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// A logits file as `ref2026 logits` and `bitnet logits` write it: i32 n_tokens,
+    /// i32 n_vocab, then n_tokens * n_vocab f32, row-major, little-endian.
+    pub fn read_logits_file(b: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
+        if b.len() < 8 {
+            return Err("logits file shorter than its header".into());
+        }
+        let n = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let v = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let (Ok(n), Ok(v)) = (usize::try_from(n), usize::try_from(v)) else {
+            return Err("logits file header has a negative size".into());
+        };
+        if n.checked_mul(v).and_then(|x| x.checked_mul(4)) != Some(b.len() - 8) {
+            return Err(format!(
+                "logits file holds {} bytes for {n} x {v} values",
+                b.len() - 8
+            ));
+        }
+        Ok((n, v, f32s(&b[8..])))
+    }
+
     /// The reference's tokenization of `text` (BOS added as the vocabulary says when `bos`;
     /// special-token text is not parsed).
     pub fn tokenize(model: &Path, text: &str, bos: bool) -> Result<Vec<u32>, String> {
-        let file = std::env::temp_dir().join(format!(
-            "ref2026-text-{}-{:?}.txt",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let file = scratch("text");
         std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
         let mut cmd = Command::new(exe());
         cmd.arg("tokenize").arg(model).arg("--text-file").arg(&file);
         if !bos {
             cmd.arg("--no-bos");
         }
-        let r = cmd.output();
+        let r = run(&format!("tokenize on {}", model.display()), &mut cmd);
         let _ = std::fs::remove_file(&file);
-        let r = r.map_err(|e| format!("{}: {e}", exe().display()))?;
-        if !r.status.success() {
-            return Err(format!(
-                "ref2026 tokenize on {} failed ({}): {}",
-                model.display(),
-                r.status,
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        let out = String::from_utf8_lossy(&r.stdout);
+        let out = String::from_utf8_lossy(&r?).into_owned();
         let out = out.trim();
         if out.is_empty() {
             return Ok(Vec::new());
@@ -535,11 +572,7 @@ pub mod ref2026 {
         if w_i2s.len() != rows * cols / 4 + 32 || x.len() != n * cols {
             return Err("i2s_matmul_timed: buffer sizes do not match the shape".into());
         }
-        let base = std::env::temp_dir().join(format!(
-            "ref2026-mm-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let base = scratch("mm");
         let (wp, xp, yp) = (
             base.with_extension("w"),
             base.with_extension("x"),
@@ -548,53 +581,43 @@ pub mod ref2026 {
         let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         let write =
             |p: &Path, b: &[u8]| std::fs::write(p, b).map_err(|e| format!("{}: {e}", p.display()));
-        let result = write(&wp, w_i2s)
+        let out = write(&wp, w_i2s)
             .and_then(|_| write(&xp, &xb))
             .and_then(|_| {
-                Command::new(exe())
-                    .arg("matmul")
-                    .args(["--rows", &rows.to_string(), "--cols", &cols.to_string()])
-                    .args(["--n", &n.to_string(), "-t", &threads.to_string()])
-                    .args(["-r", &reps.to_string()])
-                    .arg("--weights")
-                    .arg(&wp)
-                    .arg("--x")
-                    .arg(&xp)
-                    .arg("--out")
-                    .arg(&yp)
-                    .output()
-                    .map_err(|e| format!("{}: {e}", exe().display()))
+                run(
+                    "matmul",
+                    Command::new(exe())
+                        .arg("matmul")
+                        .args(["--rows", &rows.to_string(), "--cols", &cols.to_string()])
+                        .args(["--n", &n.to_string(), "-t", &threads.to_string()])
+                        .args(["-r", &reps.to_string()])
+                        .arg("--weights")
+                        .arg(&wp)
+                        .arg("--x")
+                        .arg(&xp)
+                        .arg("--out")
+                        .arg(&yp),
+                )
+            })
+            .and_then(|stdout| {
+                let v: serde_json::Value = serde_json::from_slice(&stdout)
+                    .map_err(|e| format!("ref2026 matmul printed no JSON: {e}"))?;
+                let secs: Vec<f64> = v["seconds"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                    .unwrap_or_default();
+                if secs.len() != reps {
+                    return Err(format!(
+                        "ref2026 matmul reported {} timings for {reps} calls",
+                        secs.len()
+                    ));
+                }
+                let y = std::fs::read(&yp).map_err(|e| format!("{}: {e}", yp.display()))?;
+                if y.len() != rows * n * 4 {
+                    return Err("ref2026 matmul wrote a truncated output".into());
+                }
+                Ok((f32s(&y), secs))
             });
-        let out = result.and_then(|r| {
-            if !r.status.success() {
-                return Err(format!(
-                    "ref2026 matmul failed ({}): {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.stderr).trim()
-                ));
-            }
-            let v: serde_json::Value = serde_json::from_slice(&r.stdout)
-                .map_err(|e| format!("ref2026 matmul printed no JSON: {e}"))?;
-            let secs: Vec<f64> = v["seconds"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-                .unwrap_or_default();
-            if secs.len() != reps {
-                return Err(format!(
-                    "ref2026 matmul reported {} timings for {reps} calls",
-                    secs.len()
-                ));
-            }
-            let y = std::fs::read(&yp).map_err(|e| format!("{}: {e}", yp.display()))?;
-            if y.len() != rows * n * 4 {
-                return Err("ref2026 matmul wrote a truncated output".into());
-            }
-            let y = y
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok((y, secs))
-        });
         for p in [&wp, &xp, &yp] {
             let _ = std::fs::remove_file(p);
         }
@@ -616,26 +639,19 @@ pub mod ref2026 {
             return Err("ref2026 bench needs a prompt and at least one generated token".into());
         }
         let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
-        let r = Command::new(exe())
-            .arg("bench")
-            .arg(model)
-            .args(["-p", &prefill.to_string()])
-            .args(["-n", &(tokens.len() - prefill).to_string()])
-            .args(["-t", &threads.to_string()])
-            .args(["-r", &reps.to_string()])
-            .args(["--tokens", &ids.join(",")])
-            .arg("--after-prompt")
-            .output()
-            .map_err(|e| format!("{}: {e}", exe().display()))?;
-        if !r.status.success() {
-            return Err(format!(
-                "ref2026 bench on {} failed ({}): {}",
-                model.display(),
-                r.status,
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&r.stdout)
+        let stdout = run(
+            &format!("bench on {}", model.display()),
+            Command::new(exe())
+                .arg("bench")
+                .arg(model)
+                .args(["-p", &prefill.to_string()])
+                .args(["-n", &(tokens.len() - prefill).to_string()])
+                .args(["-t", &threads.to_string()])
+                .args(["-r", &reps.to_string()])
+                .args(["--tokens", &ids.join(",")])
+                .arg("--after-prompt"),
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&stdout)
             .map_err(|e| format!("ref2026 bench printed no JSON report: {e}"))?;
         let runs = |k: &str| -> Result<Vec<f64>, String> {
             let runs: Vec<f64> = v[k]
@@ -660,45 +676,25 @@ pub mod ref2026 {
         batch: bool,
         threads: usize,
     ) -> Result<(usize, Vec<f32>), String> {
-        let out = std::env::temp_dir().join(format!(
-            "ref2026-{}-{:?}.bin",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let out = scratch("logits");
         let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
-        let r = Command::new(exe())
-            .arg("logits")
-            .arg(model)
-            .args(["--tokens", &ids.join(",")])
-            .arg("--out")
-            .arg(&out)
-            .args(["--threads", &threads.to_string()])
-            .args(["--mode", if batch { "batch" } else { "seq" }])
-            .output()
-            .map_err(|e| format!("{}: {e}", exe().display()))?;
-        if !r.status.success() {
-            return Err(format!(
-                "ref2026 logits on {} failed ({}): {}",
-                model.display(),
-                r.status,
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        let b = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let r = run(
+            &format!("logits on {}", model.display()),
+            Command::new(exe())
+                .arg("logits")
+                .arg(model)
+                .args(["--tokens", &ids.join(",")])
+                .arg("--out")
+                .arg(&out)
+                .args(["--threads", &threads.to_string()])
+                .args(["--mode", if batch { "batch" } else { "seq" }]),
+        )
+        .and_then(|_| std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display())));
         let _ = std::fs::remove_file(&out);
-        if b.len() < 8 {
-            return Err("ref2026 wrote a truncated logits file".into());
-        }
-        let n = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        let v = i32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
-        let data: Vec<f32> = b[8..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if n != tokens.len() || data.len() != n * v {
+        let (n, v, data) = read_logits_file(&r?).map_err(|e| format!("ref2026: {e}"))?;
+        if n != tokens.len() {
             return Err(format!(
-                "ref2026 wrote {n} x {v} logits ({} values) for {} tokens",
-                data.len(),
+                "ref2026 wrote logits of {n} positions for {} tokens",
                 tokens.len()
             ));
         }

@@ -165,22 +165,29 @@ fn exit_codes_distinguish_usage_io_and_bad_input() {
     );
 }
 
-#[test]
-fn run_writes_a_receipt_whose_kernel_counts_match_the_model_shape() {
-    let model = converted("i2_s", "f32");
-    let path = tmp(&format!("receipt-{}.json", std::process::id()));
+/// `bitnet run` of "Once upon a time", `n` greedy tokens, with `flags` before the model and a
+/// receipt written to a scratch file named after `name`: the output and the receipt.
+fn run_with_receipt(
+    model: &Path,
+    flags: &[&str],
+    n: u32,
+    name: &str,
+) -> (std::process::Output, serde_json::Value) {
+    let path = tmp(&format!("{name}-{}.json", std::process::id()));
     let out = bitnet()
-        .args(["run", "-m"])
-        .arg(&model)
+        .arg("run")
+        .args(flags)
+        .arg("-m")
+        .arg(model)
         .args([
             "-p",
             "Once upon a time",
             "-n",
-            "12",
+            &n.to_string(),
             "--temp",
             "0",
-            "--receipt",
         ])
+        .arg("--receipt")
         .arg(&path)
         .output()
         .unwrap();
@@ -189,8 +196,14 @@ fn run_writes_a_receipt_whose_kernel_counts_match_the_model_shape() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let doc = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    (out, doc)
+}
+
+#[test]
+fn run_writes_a_receipt_whose_kernel_counts_match_the_model_shape() {
+    let model = converted("i2_s", "f32");
+    let (_, doc) = run_with_receipt(&model, &[], 12, "receipt");
     assert_eq!(
         doc["digest"],
         bitnet::receipt::content_digest(&doc).as_str(),
@@ -485,29 +498,7 @@ fn the_published_2b4t_layout_runs_in_every_command() {
 #[test]
 fn head_q8_0_runs_the_q8_0_kernels_and_is_refused_where_it_means_nothing() {
     let model = converted("i2_s", "f16");
-    let path = tmp(&format!("receipt-head-{}.json", std::process::id()));
-    let out = bitnet()
-        .args(["run", "--head", "q8_0", "-m"])
-        .arg(&model)
-        .args([
-            "-p",
-            "Once upon a time",
-            "-n",
-            "8",
-            "--temp",
-            "0",
-            "--receipt",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let (out, doc) = run_with_receipt(&model, &["--head", "q8_0"], 8, "receipt-head");
     assert_eq!(doc["model_info"]["tensor_types"]["output"], "Q8_0");
     assert_eq!(doc["model_info"]["tensor_types"]["token_embd"], "F16");
     let ids: Vec<&str> = doc["kernels"]

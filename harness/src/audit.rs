@@ -506,16 +506,16 @@ fn load_as_recorded(r: &Receipt) -> Result<Model, String> {
     let mut model = Model::load(&r.model_info.path).map_err(|e| e.to_string())?;
     let recorded = r.model_info.tensor_types.get("output").map(String::as_str);
     if let Some(ty) = recorded.filter(|&t| t != model.output.ty.name()) {
-        let fmt = match ty {
-            "Q8_0" => bitnet::model::HeadFormat::Q8_0,
-            other => {
-                return Err(format!(
-                    "the receipt's output head is {other}, the file's {}: no load option makes it",
+        let fmt = <bitnet::model::HeadFormat as clap::ValueEnum>::value_variants()
+            .iter()
+            .find(|f| f.tensor_type().name() == ty)
+            .ok_or_else(|| {
+                format!(
+                    "the receipt's output head is {ty}, the file's {}: no load option makes it",
                     model.output.ty.name()
-                ))
-            }
-        };
-        model.quantize_head(fmt).map_err(|e| e.to_string())?;
+                )
+            })?;
+        model.quantize_head(*fmt).map_err(|e| e.to_string())?;
     }
     Ok(model)
 }

@@ -134,7 +134,8 @@ impl Reference {
                     .iter()
                     .map(|v| v.as_u64().map(|x| x as u32).ok_or("tokens.json: bad id"))
                     .collect::<Result<Vec<_>, _>>()?;
-                let (n, _, logits) = read_logits_file(&read("logits_f32.bin")?)?;
+                let (n, _, logits) =
+                    bitnet_crossval::ref2026::read_logits_file(&read("logits_f32.bin")?)?;
                 if n != ids.len() {
                     return Err(format!(
                         "logits_f32.bin has {n} rows for {} tokens",
@@ -188,30 +189,6 @@ impl Reference {
             ),
         }
     }
-}
-
-/// A logits file (the `bitnet logits` / fixture format): i32 n, i32 vocab, f32 row-major.
-pub fn read_logits_file(b: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
-    if b.len() < 8 {
-        return Err("logits file shorter than its header".into());
-    }
-    let n = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let v = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    let (n, v) = (usize::try_from(n), usize::try_from(v));
-    let (Ok(n), Ok(v)) = (n, v) else {
-        return Err("logits file header has a negative size".into());
-    };
-    if n.checked_mul(v).and_then(|x| x.checked_mul(4)) != Some(b.len() - 8) {
-        return Err(format!(
-            "logits file holds {} bytes for {n} x {v} values",
-            b.len() - 8
-        ));
-    }
-    let data = b[8..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((n, v, data))
 }
 
 #[derive(Clone, Debug)]

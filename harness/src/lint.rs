@@ -116,11 +116,19 @@ fn lint_gguf(g: Arc<Gguf>, l: &mut Lint) {
         .unwrap_or("")
         .to_string();
     activation(&g, &arch, l);
-    let vocab_ok = vocab(&g, l);
-    if vocab_ok {
-        pre_tokenizer(&g, l);
+    // The vocabulary is read once; a file without one gets the finding and no token checks.
+    match str_array(&g, "tokenizer.ggml.tokens") {
+        None => l.add(
+            "vocab-consistency",
+            "tokenizer.ggml.tokens is missing or not an array of strings",
+        ),
+        Some(tokens) => {
+            if vocab(&g, &tokens, l) {
+                pre_tokenizer(&g, &tokens, l);
+            }
+            special_ids(&g, tokens.len() as u64, l);
+        }
     }
-    special_ids(&g, l);
     file_type(&g, l);
     norms(&g, l);
     if g.tensors().iter().any(|t| t.name == "token_embd.weight")
@@ -169,14 +177,7 @@ fn str_array(g: &Gguf, key: &str) -> Option<Vec<String>> {
 }
 
 /// Array lengths and merges; false when the vocabulary is too broken to fingerprint.
-fn vocab(g: &Gguf, l: &mut Lint) -> bool {
-    let Some(tokens) = str_array(g, "tokenizer.ggml.tokens") else {
-        l.add(
-            "vocab-consistency",
-            "tokenizer.ggml.tokens is missing or not an array of strings",
-        );
-        return false;
-    };
+fn vocab(g: &Gguf, tokens: &[String], l: &mut Lint) -> bool {
     let mut ok = true;
     for key in ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
         if let Ok(Some(a)) = g.get_array(key) {
@@ -217,12 +218,11 @@ fn vocab(g: &Gguf, l: &mut Lint) -> bool {
     ok
 }
 
-fn pre_tokenizer(g: &Gguf, l: &mut Lint) {
+fn pre_tokenizer(g: &Gguf, tokens: &[String], l: &mut Lint) {
     if g.get_str("tokenizer.ggml.model").ok().flatten() != Some("gpt2") {
         return; // SentencePiece vocabularies have no pre-tokenizer
     }
     let pre = g.get_str("tokenizer.ggml.pre").ok().flatten();
-    let tokens = str_array(g, "tokenizer.ggml.tokens").unwrap_or_default();
     let merges = str_array(g, "tokenizer.ggml.merges").unwrap_or_default();
     let types: Vec<i32> = g
         .get_array("tokenizer.ggml.token_type")
@@ -234,7 +234,7 @@ fn pre_tokenizer(g: &Gguf, l: &mut Lint) {
                 .collect()
         })
         .unwrap_or_default();
-    let fp = vocab_fingerprint(&tokens, &types, &merges);
+    let fp = vocab_fingerprint(tokens, &types, &merges);
     let known = KNOWN_VOCABS.iter().find(|(h, _)| *h == fp).map(|(_, n)| *n);
     match (pre, known) {
         (None, Some(name)) => l.add(
@@ -260,8 +260,7 @@ fn pre_tokenizer(g: &Gguf, l: &mut Lint) {
     }
 }
 
-fn special_ids(g: &Gguf, l: &mut Lint) {
-    let n = str_array(g, "tokenizer.ggml.tokens").map_or(0, |t| t.len()) as u64;
+fn special_ids(g: &Gguf, n: u64, l: &mut Lint) {
     let mut eos = false;
     for key in [
         "tokenizer.ggml.bos_token_id",

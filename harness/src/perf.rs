@@ -22,7 +22,7 @@
 //! with debug assertions, as `cargo test` builds it, which makes the engine markedly slower.
 
 use crate::gates::{Context, Gate};
-use crate::runners::{i2s_weight, input_int, RunResult};
+use crate::runners::{i2s_weight, input_bool, input_int, RunResult};
 use bitnet::bench::median;
 use bitnet::quant::i2s;
 use bitnet::quant::matmul::{Isa, KernelStats};
@@ -79,10 +79,7 @@ fn model(g: &Gate, ctx: &Context) -> RunResult {
         input_int(g, "gen", 32)?,
         input_int(g, "repeats", 5)?,
     );
-    let also_2024 = match g.inputs.get("also_2024") {
-        None => false,
-        Some(v) => v.as_bool().ok_or("input also_2024 must be a boolean")?,
-    };
+    let also_2024 = input_bool(g, "also_2024")?;
     let dir = ctx.work.join("reports");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let json_path = dir.join(format!("{}.bench.json", g.id));
@@ -189,10 +186,7 @@ fn kernel(g: &Gate) -> RunResult {
         w.matmul_isa(isa, x, n, out, 1, &stats);
         Ok(t0.elapsed())
     };
-    let also_2024 = match g.inputs.get("also_2024") {
-        None => false,
-        Some(v) => v.as_bool().ok_or("input also_2024 must be a boolean")?,
-    };
+    let also_2024 = input_bool(g, "also_2024")?;
     // The product users get: the best ISA this CPU has.
     let best = Isa::detect();
     let mut speedups = Vec::new();

@@ -28,6 +28,15 @@ pub fn input_int(g: &Gate, key: &str, default: i64) -> Result<i64, String> {
     }
 }
 
+pub fn input_bool(g: &Gate, key: &str) -> Result<bool, String> {
+    match g.inputs.get(key) {
+        None => Ok(false),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| format!("input {key} must be a boolean")),
+    }
+}
+
 pub fn model_info(model: &Model, path: &Path) -> Result<ModelInfo, String> {
     Ok(ModelInfo {
         path: path.display().to_string(),
@@ -102,12 +111,10 @@ pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
     let mut model = Model::load(&path).map_err(|e| e.to_string())?;
     model.threads = ctx.threads;
     // A load-time option judged against the file as stored (reference "engine-as-stored").
-    match input_str(g, "head") {
-        None => {}
-        Some("q8_0") => model
-            .quantize_head(bitnet::model::HeadFormat::Q8_0)
-            .map_err(|e| e.to_string())?,
-        Some(h) => return Err(format!("head {h:?} (q8_0)")),
+    if let Some(h) = input_str(g, "head") {
+        let fmt = <bitnet::model::HeadFormat as clap::ValueEnum>::from_str(h, false)
+            .map_err(|e| format!("head {h:?}: {e}"))?;
+        model.quantize_head(fmt).map_err(|e| e.to_string())?;
     }
     let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
     let mut opts = crossval_options(g)?;

@@ -82,7 +82,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Reads and parses a JSON body of at most `--max-body` bytes; for the completion routes,
-/// every field is first checked to be one this server honours ([`vet_fields`]).
+/// every field is first checked to be one this server honours ([`super::fields::vet`]).
 async fn json_body<T: serde::de::DeserializeOwned>(
     app: &App,
     body: Body,
@@ -103,152 +103,13 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
     if let Some(route) = route {
-        vet_fields(route, &v)?;
+        let (own, chat): (&[&str], bool) = match route {
+            Route::Completion => (&["prompt", "echo"], false),
+            Route::Chat => (&["messages"], true),
+        };
+        super::fields::vet(own, chat, &v)?;
     }
     serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
-}
-
-/// Fields both completion routes honour (OpenAI's, and llama.cpp's sampling extensions).
-/// `user` is an end-user id for the caller's own records; it never changes an answer.
-const SAMPLING_FIELDS: &[&str] = &[
-    "model",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "stop",
-    "n",
-    "stream",
-    "stream_options",
-    "ignore_eos",
-    "user",
-];
-
-/// OpenAI fields this server does not implement: a request that asks for one (any value but
-/// "nothing") is refused with a 400 naming it, never answered as if it had not been asked.
-const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
-    (
-        "logprobs",
-        "token log-probabilities are not implemented yet",
-    ),
-    (
-        "top_logprobs",
-        "token log-probabilities are not implemented yet",
-    ),
-    (
-        "response_format",
-        "structured output (json_object, json_schema) is not implemented yet",
-    ),
-    ("tools", "tool calls are not implemented yet"),
-    ("tool_choice", "tool calls are not implemented yet"),
-    ("parallel_tool_calls", "tool calls are not implemented yet"),
-    ("functions", "function calls are not implemented"),
-    ("function_call", "function calls are not implemented"),
-    ("logit_bias", "logit_bias is not implemented"),
-    ("suffix", "suffix (insertion) is not supported"),
-    ("best_of", "best_of is not supported (n = 1 only)"),
-    (
-        "grammar",
-        "grammar-constrained output is not implemented yet",
-    ),
-    (
-        "json_schema",
-        "schema-constrained output is not implemented yet",
-    ),
-    ("audio", "audio output is not supported"),
-    ("modalities", "only text output is supported"),
-    ("prediction", "predicted outputs are not supported"),
-    (
-        "reasoning_effort",
-        "this model has no reasoning-effort setting",
-    ),
-    ("web_search_options", "web search is not supported"),
-    ("store", "stored completions are not supported"),
-    ("metadata", "stored completions are not supported"),
-    ("service_tier", "service tiers are not supported"),
-];
-
-/// Whether `v` asks for nothing: absent-equivalent values a client may send by default.
-fn asks_nothing(name: &str, v: &Value) -> bool {
-    match v {
-        Value::Null | Value::Bool(false) => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) if o.is_empty() => true,
-        Value::String(s) if name == "tool_choice" => s == "none",
-        Value::Object(o) if name == "response_format" => {
-            o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("text")
-        }
-        Value::Number(n) if name == "top_logprobs" => n.as_u64() == Some(0),
-        _ => false,
-    }
-}
-
-/// Every field of a completion request is one this server honours, or one that asks for
-/// nothing; an unsupported or unknown field is a 400 naming it.
-fn vet_fields(route: Route, v: &Value) -> Result<(), ApiError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::bad("the body must be a JSON object"))?;
-    let own: &[&str] = match route {
-        Route::Completion => &["prompt", "echo"],
-        Route::Chat => &["messages"],
-    };
-    for (k, val) in obj {
-        if own.contains(&k.as_str()) || SAMPLING_FIELDS.contains(&k.as_str()) {
-            continue;
-        }
-        match UNSUPPORTED_FIELDS.iter().find(|(f, _)| f == k) {
-            Some(_) if asks_nothing(k, val) => {}
-            Some((_, why)) => {
-                return Err(ApiError::field(
-                    k.clone(),
-                    "unsupported_parameter",
-                    format!("`{k}` is not supported by this server: {why}"),
-                ))
-            }
-            None => {
-                return Err(ApiError::field(
-                    k.clone(),
-                    "unknown_parameter",
-                    format!("unrecognized request field `{k}`"),
-                ))
-            }
-        }
-    }
-    if route == Route::Chat {
-        if let Some(msgs) = obj.get("messages").and_then(Value::as_array) {
-            for (i, m) in msgs.iter().enumerate() {
-                let Some(m) = m.as_object() else { continue };
-                for (k, val) in m {
-                    let ok = matches!(k.as_str(), "role" | "content")
-                        || (matches!(
-                            k.as_str(),
-                            "name" | "tool_calls" | "tool_call_id" | "refusal"
-                        ) && asks_nothing(k, val));
-                    if !ok {
-                        let what = match k.as_str() {
-                            "name" => "participant names are not passed to the chat template",
-                            "tool_calls" | "tool_call_id" => "tool calls are not implemented yet",
-                            _ => "unrecognized message field",
-                        };
-                        return Err(ApiError::field(
-                            format!("messages[{i}].{k}"),
-                            "unsupported_parameter",
-                            format!("`messages[{i}].{k}` is not supported: {what}"),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A string or a list of strings (OpenAI allows both for `stop` and `prompt`).
