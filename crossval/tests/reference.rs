@@ -244,7 +244,7 @@ fn teacher_forced_logits_agree_with_engine() {
     );
     assert!(greedy.len() >= 100 && story.len() >= 100);
 
-    use bitnet::cli::{teacher_forced_logits, Mode};
+    use bitnet::eval::{teacher_forced_logits, Mode};
     let mut worst = 0f32;
     for (name, tokens) in [("greedy", greedy), ("story", &story)] {
         let (ref_seq, t_ref_seq) = r.logits_timed(tokens, false).expect("reference seq");

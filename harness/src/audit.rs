@@ -506,7 +506,7 @@ fn load_as_recorded(r: &Receipt) -> Result<Model, String> {
     let mut model = Model::load(&r.model_info.path).map_err(|e| e.to_string())?;
     let recorded = r.model_info.tensor_types.get("output").map(String::as_str);
     if let Some(ty) = recorded.filter(|&t| t != model.output.ty.name()) {
-        let fmt = <bitnet::model::HeadFormat as clap::ValueEnum>::value_variants()
+        let fmt = bitnet::model::HeadFormat::ALL
             .iter()
             .find(|f| f.tensor_type().name() == ty)
             .ok_or_else(|| {

@@ -12,7 +12,7 @@
 //! near-ties are counted: top-1 agreement is also given over the decisive positions alone.
 
 use crate::metrics::{compare, PositionMetrics};
-use bitnet::cli::nll;
+use bitnet::eval::nll;
 use bitnet::generate::{generate, GenerateOptions};
 use bitnet::model::Model;
 use bitnet::sample::SamplerParams;
@@ -21,12 +21,7 @@ use bitnet_crossval::RefModel;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Seq,
-    Batch,
-}
+pub use bitnet::eval::Mode;
 
 /// Which reference: the names gates and the CLI use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -349,11 +344,7 @@ fn summarize(
 
 /// Teacher-forced logits from our engine (the same path as `bitnet logits`).
 fn our_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>, String> {
-    let mode = match mode {
-        Mode::Seq => bitnet::cli::Mode::Seq,
-        Mode::Batch => bitnet::cli::Mode::Batch,
-    };
-    bitnet::cli::teacher_forced_logits(model, tokens, mode).map_err(|e| e.to_string())
+    bitnet::eval::teacher_forced_logits(model, tokens, mode).map_err(|e| e.to_string())
 }
 
 /// One prompt's sequence and our logits for it.

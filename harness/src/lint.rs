@@ -11,8 +11,8 @@
 use bitnet::gguf::{Gguf, Value};
 use bitnet::model::Model;
 use bitnet::quant::TensorType;
-use bitnet::serve::chat::{is_bitnet_placeholder, ChatTemplate, Message};
 use bitnet::tokenizer::{vocab_fingerprint, Tokenizer, KNOWN_VOCABS};
+use bitnet_server::chat::{is_bitnet_placeholder, ChatTemplate, Message};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;

@@ -26,7 +26,7 @@ enum Cmd {
         /// One prompt per line (default: a built-in set).
         #[arg(long)]
         prompts: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "seq")]
+        #[arg(long, default_value = "seq", value_name = "seq|batch", value_parser = |s: &str| s.parse::<Mode>())]
         mode: Mode,
         /// Sequence length per prompt (prompt + greedy continuation).
         #[arg(long, default_value_t = 101)]
@@ -77,7 +77,7 @@ enum Cmd {
     },
     /// Time the engine and the reference side by side on the same file in the same process:
     /// `bitnet bench --vs-reference` (this binary always links the reference).
-    Timing(bitnet::bench::BenchArgs),
+    Timing(bitnet_cli::bench::BenchArgs),
     /// Simulate the kubelet's startup/liveness/readiness probes against `bitnet serve` under
     /// load and faults; prints the verdict. Exit 0 when it meets the scenario's [expect],
     /// 1 when not (or the run failed), 2 on usage errors.
@@ -327,11 +327,11 @@ fn run(cmd: Cmd) -> Result<i32, String> {
         }
         Cmd::Timing(mut a) => {
             a.vs_reference = true;
-            Ok(match bitnet::bench::cli(a) {
+            Ok(match bitnet_cli::bench::cli(a) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    bitnet::cli::exit_code(&e)
+                    bitnet_cli::exit_code(&e)
                 }
             })
         }

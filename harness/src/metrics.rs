@@ -111,7 +111,7 @@ mod tests {
         assert!(m.kl > 0.5);
         assert!(m.cosine < 0.7);
         assert!(
-            (bitnet::cli::nll(&a, 0) - (-(3.0f64) + (3f64.exp() + 1f64.exp() + 4.0).ln())).abs()
+            (bitnet::eval::nll(&a, 0) - (-(3.0f64) + (3f64.exp() + 1f64.exp() + 4.0).ln())).abs()
                 < 1e-9
         );
     }

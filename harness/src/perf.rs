@@ -23,7 +23,7 @@
 
 use crate::gates::{Context, Gate};
 use crate::runners::{i2s_weight, input_bool, input_int, RunResult};
-use bitnet::bench::median;
+use bitnet::measure::median;
 use bitnet::quant::i2s;
 use bitnet::quant::matmul::{Isa, KernelStats};
 use bitnet::sample::Rng;

@@ -51,11 +51,7 @@ pub fn model_info(model: &Model, path: &Path) -> Result<ModelInfo, String> {
 
 /// Options of a crossval gate from its inputs.
 pub fn crossval_options(g: &Gate) -> Result<Options, String> {
-    let mode = match input_str(g, "mode").unwrap_or("seq") {
-        "seq" => Mode::Seq,
-        "batch" => Mode::Batch,
-        m => return Err(format!("mode {m:?} (seq or batch)")),
-    };
+    let mode: Mode = input_str(g, "mode").unwrap_or("seq").parse()?;
     let prompts = match g.inputs.get("prompts") {
         None => crossval::DEFAULT_PROMPTS
             .iter()
@@ -112,8 +108,7 @@ pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
     model.threads = ctx.threads;
     // A load-time option judged against the file as stored (reference "engine-as-stored").
     if let Some(h) = input_str(g, "head") {
-        let fmt = <bitnet::model::HeadFormat as clap::ValueEnum>::from_str(h, false)
-            .map_err(|e| format!("head {h:?}: {e}"))?;
+        let fmt = h.parse::<bitnet::model::HeadFormat>()?;
         model.quantize_head(fmt).map_err(|e| e.to_string())?;
     }
     let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;

@@ -113,7 +113,7 @@ pub fn find_bitnet() -> Result<PathBuf, String> {
         .cloned()
         .ok_or_else(|| {
             format!(
-                "the bitnet binary was not found at {} or {}: build it first (`cargo build --release -p bitnet`, or `cargo build -p bitnet` for a debug harness)",
+                "the bitnet binary was not found at {} or {}: build it first (`cargo build --release -p bitnet-cli`, or `cargo build -p bitnet-cli` for a debug harness)",
                 candidates[0].display(),
                 candidates[1].display()
             )
@@ -209,7 +209,7 @@ pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
     measurements["expectations_met"] = json!(misses.is_empty());
     if baseline.is_some() {
         let each: Vec<f64> = ratios.iter().map(|(o, b)| o / b.max(1e-9)).collect();
-        let ratio = bitnet::bench::median(&each);
+        let ratio = bitnet::measure::median(&each);
         let (ours, base) = ratios[ratios.len() - 1];
         measurements["baseline_tokens_per_s"] = json!(base);
         measurements["baseline_expectations_met"] = json!(base_met);

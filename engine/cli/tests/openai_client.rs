@@ -2,6 +2,7 @@
 //! and chat, whole and streamed, and its typed errors. Needs python3 with `pip install openai`
 //! (CI installs it and runs this test with `--ignored`).
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Read};

@@ -1,6 +1,6 @@
 """The official `openai` Python client, unchanged, against `bitnet serve` (base URL in argv[1]).
 
-Run by engine/tests/openai_client.rs; exits non-zero with a message on the first mismatch.
+Run by engine/cli/tests/openai_client.rs; exits non-zero with a message on the first mismatch.
 """
 import sys
 

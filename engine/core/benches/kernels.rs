@@ -14,8 +14,8 @@
 //! `cargo bench -p bitnet --bench kernels [-- FILTER]`. Without `--bench` (e.g. `cargo test
 //! --benches`) each benchmark runs once on small buffers, as a smoke test.
 
-use bitnet::bench::median;
 use bitnet::gguf::{Gguf, GgufWriter, Value};
+use bitnet::measure::median;
 use bitnet::quant::matmul::{Isa, KernelStats, Weight};
 use bitnet::quant::{i2s, tl2, tq, TensorType};
 use bitnet::sample::Rng;
@@ -117,7 +117,7 @@ fn f16_matrix(rng: &mut Rng, rows: usize, cols: usize, bench: bool) -> Matrix {
 
 /// Single-thread read bandwidth: the probe `bitnet bench` uses for its roofline.
 fn read_bandwidth(len: usize, passes: usize) -> f64 {
-    bitnet::bench::read_bandwidth(1, len, passes)
+    bitnet::measure::read_bandwidth(1, len, passes)
 }
 
 /// The pool's cost per dispatch (one `run` of one empty task per thread), back to back (the

@@ -11,8 +11,8 @@
 //! 0.0.5, linked in this process, as a second column. Throughput is only ever compared as
 //! such ratios taken in one run: absolute times on a shared machine are noise.
 
-use crate::error::{Error, Result};
-use crate::model::{Model, Seq, State};
+use bitnet::error::{Error, Result};
+use bitnet::model::{Model, Seq, State};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ pub const REFERENCE_AVAILABLE: bool = cfg!(feature = "reference");
 
 const NO_REFERENCE: &str =
     "--vs-reference needs BitNet.cpp linked in: build with `--features reference` \
-     (cargo run --release -p bitnet --features reference -- bench ...)";
+     (cargo run --release -p bitnet-cli --features reference -- bench ...)";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -60,7 +60,7 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     /// The output projection's format at load (the global `--head`, set by the CLI).
     #[arg(skip)]
-    pub head: Option<crate::model::HeadFormat>,
+    pub head: Option<bitnet::model::HeadFormat>,
 }
 
 /// What to measure.
@@ -75,7 +75,7 @@ pub struct Options {
     /// And BitNet.cpp 0.0.5 as a second column.
     pub reference_2024: bool,
     /// Re-quantize our output projection at load (`--head`); the references keep the file's.
-    pub head: Option<crate::model::HeadFormat>,
+    pub head: Option<bitnet::model::HeadFormat>,
     /// Sequences decoding together in the batched generation runs (1: none).
     pub parallel: usize,
 }
@@ -169,7 +169,7 @@ pub struct Report {
 /// `bitnet bench`: measures, prints the table, writes the JSON.
 pub fn cli(a: BenchArgs) -> Result<()> {
     let threads = if a.threads.is_empty() {
-        vec![crate::env::get().threads]
+        vec![bitnet::env::get().threads]
     } else {
         a.threads
     };
@@ -260,7 +260,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
         // this one, so our peak is taken before it loads.
         reference::check_2026(path, &tokens, opts.prefill)?;
         if opts.reference_2024 {
-            peak = Some(crate::receipt::peak_rss_bytes());
+            peak = Some(bitnet::receipt::peak_rss_bytes());
             let mut r = reference::Reference2024::load(path, total + 1, widest)?;
             r.run(widest, &tokens, opts.prefill)?;
             old = Some(r);
@@ -317,7 +317,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
     }
     let (peak, measured) = match peak {
         Some(p) => (p, "ours, before the reference was loaded"),
-        None => (crate::receipt::peak_rss_bytes(), "after all runs"),
+        None => (bitnet::receipt::peak_rss_bytes(), "after all runs"),
     };
     // The roofline: this machine's read bandwidth at each thread count, measured now, next to
     // the generation speed measured above.
@@ -350,7 +350,7 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
             .to_string(),
         output_type: model.output.ty.name().to_string(),
         bytes_per_token,
-        isa: crate::quant::matmul::Isa::detect().name().to_string(),
+        isa: bitnet::quant::matmul::Isa::detect().name().to_string(),
         prefill_tokens: opts.prefill,
         gen_tokens: opts.gen,
         repeats: opts.repeats,
@@ -432,16 +432,7 @@ impl Runs {
     }
 }
 
-/// The median (the mean of the middle two for an even count); NaN for no values.
-pub fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
+pub use bitnet::measure::{cpu_model, median, read_bandwidth};
 
 fn tps(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
@@ -465,82 +456,9 @@ pub fn bytes_per_token(model: &Model) -> u64 {
     layers + model.output.ty.tensor_bytes(cols, cols * rows)
 }
 
-/// Memory read bandwidth in bytes/s with `threads` threads, each summing its share of a
-/// `len`-byte buffer with the widest loads this CPU has and several independent accumulators
-/// (a plain scalar sum reads far below what the matmul kernels reach); the best of `passes`.
-pub fn read_bandwidth(threads: usize, len: usize, passes: usize) -> f64 {
-    let threads = threads.max(1);
-    // Written first: untouched pages would all map the shared zero page.
-    let buf: Vec<u64> = (0..len / 8).map(|i| i as u64).collect();
-    let chunk = buf.len().div_ceil(threads).div_ceil(16) * 16;
-    let mut best = 0f64;
-    for _ in 0..passes {
-        let t0 = Instant::now();
-        let sum = std::thread::scope(|s| {
-            let parts: Vec<_> = buf
-                .chunks(chunk)
-                .map(|part| s.spawn(move || sum_words(std::hint::black_box(part))))
-                .collect();
-            parts
-                .into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .fold(0u64, u64::wrapping_add)
-        });
-        let secs = t0.elapsed().as_secs_f64();
-        std::hint::black_box(sum);
-        best = best.max(len as f64 / secs.max(1e-9));
-    }
-    best
-}
-
-/// The wrapping sum of `v`: AVX2, four 256-bit accumulators, where the CPU has it.
-fn sum_words(v: &[u64]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { sum_words_avx2(v) };
-    }
-    v.iter().fold(0u64, |a, &x| a.wrapping_add(x))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_words_avx2(v: &[u64]) -> u64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let mut blocks = v.chunks_exact(16);
-    for b in &mut blocks {
-        let p = b.as_ptr() as *const __m256i;
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_add_epi64(*a, _mm256_loadu_si256(p.add(k)));
-        }
-    }
-    let mut lanes = [0u64; 16];
-    for (k, a) in acc.iter().enumerate() {
-        _mm256_storeu_si256(lanes.as_mut_ptr().add(4 * k) as *mut __m256i, *a);
-    }
-    lanes
-        .iter()
-        .chain(blocks.remainder())
-        .fold(0u64, |a, &x| a.wrapping_add(x))
-}
-
-/// The CPU's model name (`/proc/cpuinfo`), or "unknown".
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 #[cfg(feature = "reference")]
 mod reference {
-    use crate::error::{Error, Result};
+    use bitnet::error::{Error, Result};
     use bitnet_crossval::RefModel;
     use std::path::Path;
     use std::time::{Duration, Instant};
@@ -609,7 +527,7 @@ mod reference {
 
 #[cfg(not(feature = "reference"))]
 mod reference {
-    use crate::error::{Error, Result};
+    use bitnet::error::{Error, Result};
     use std::path::Path;
     use std::time::Duration;
 

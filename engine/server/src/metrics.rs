@@ -132,7 +132,7 @@ impl Metrics {
     pub fn system(&self, sh: &Shared, in_flight: usize) -> serde_json::Value {
         serde_json::json!({
             "cpu_utilisation": self.cpu_utilisation(),
-            "memory_bytes": crate::receipt::rss_bytes(),
+            "memory_bytes": bitnet::receipt::rss_bytes(),
             "active_requests": in_flight,
             "active_sequences": sh.active.load(Ordering::Relaxed),
             "queue_depth": sh.queue_depth(),
@@ -256,7 +256,7 @@ impl Metrics {
             "1 while shutting down.",
             sh.draining.load(Ordering::Relaxed) as u8 as f64,
         );
-        if let Some(rss) = crate::receipt::rss_bytes() {
+        if let Some(rss) = bitnet::receipt::rss_bytes() {
             gauge(
                 &mut out,
                 "process_resident_memory_bytes",

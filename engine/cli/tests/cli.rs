@@ -1,5 +1,6 @@
 //! The `bitnet` binary end to end: logits files, tokenize, inspect, synth, exit codes.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -31,7 +32,7 @@ fn logits_file_has_the_documented_layout_and_seq_equals_batch() {
     // And equal to the library's own teacher-forced logits.
     let m = bitnet::model::Model::load(&model).unwrap();
     let lib =
-        bitnet::cli::teacher_forced_logits(&m, &[1, 403, 407, 261, 378], bitnet::cli::Mode::Seq)
+        bitnet::eval::teacher_forced_logits(&m, &[1, 403, 407, 261, 378], bitnet::eval::Mode::Seq)
             .unwrap();
     assert_eq!(&lib, seq);
 }
@@ -326,7 +327,7 @@ fn bench_rejects_bad_options_and_a_missing_reference_with_exit_2() {
         assert_eq!(err.lines().count(), 1, "{bad}: {err}");
     }
     let (code, err) = run("-p 4 -n 2 -t 1 --repeats 1 --vs-reference");
-    if bitnet::bench::REFERENCE_AVAILABLE {
+    if bitnet_cli::bench::REFERENCE_AVAILABLE {
         assert_eq!(code, Some(0), "{err}");
     } else {
         assert_eq!(code, Some(2), "{err}");

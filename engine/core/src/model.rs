@@ -51,14 +51,26 @@ pub enum ModelError {
 }
 
 /// Storage of the output projection chosen at load time (`--head`), instead of the file's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadFormat {
     /// ggml's Q8_0 (8.5 bits per weight): about half the bytes of F16 read per token.
-    #[value(name = "q8_0")]
     Q8_0,
 }
 
+impl std::str::FromStr for HeadFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "q8_0" => Ok(HeadFormat::Q8_0),
+            _ => Err(format!("unknown head format {s:?}: expected q8_0")),
+        }
+    }
+}
+
 impl HeadFormat {
+    /// Every head format.
+    pub const ALL: [HeadFormat; 1] = [HeadFormat::Q8_0];
+
     pub fn tensor_type(self) -> crate::quant::TensorType {
         match self {
             HeadFormat::Q8_0 => crate::quant::TensorType::Q8_0,

@@ -18,15 +18,15 @@ pub mod limit;
 pub mod metrics;
 pub mod scheduler;
 
-use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::tokenizer::Tokenizer;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bitnet::error::{Error, Result};
+use bitnet::model::Model;
+use bitnet::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,7 +76,7 @@ pub struct ServeArgs {
     pub tokenizer_pre: Option<String>,
     /// The output projection's format at load (the global `--head`, set by the CLI).
     #[arg(skip)]
-    pub head: Option<crate::model::HeadFormat>,
+    pub head: Option<bitnet::model::HeadFormat>,
     /// Model id reported by /v1/models (default: the file name without extension).
     #[arg(long)]
     pub alias: Option<String>,
@@ -217,8 +217,8 @@ pub fn device(threads: usize) -> Value {
     json!({
         "cpu": {
             "arch": std::env::consts::ARCH,
-            "features": crate::receipt::cpu_features(),
-            "kernels": crate::quant::matmul::Isa::detect().name().to_string(),
+            "features": bitnet::receipt::cpu_features(),
+            "kernels": bitnet::quant::matmul::Isa::detect().name().to_string(),
             "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         },
         "threads": threads,
@@ -249,7 +249,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     let body = json!({
         "status": status,
         "reason": reason,
-        "timestamp": crate::receipt::now_rfc3339(),
+        "timestamp": bitnet::receipt::now_rfc3339(),
         "uptime_seconds": app.metrics.started.elapsed().as_secs_f64(),
         "version": env!("CARGO_PKG_VERSION"),
         "components": {
@@ -300,7 +300,7 @@ async fn prometheus(State(app): State<Arc<App>>) -> Response {
 
 /// Loads the model, tokenizer and chat template.
 fn load(opts: &ServeArgs) -> Result<Loaded> {
-    let file = Arc::new(crate::gguf::Gguf::open(&opts.model)?);
+    let file = Arc::new(bitnet::gguf::Gguf::open(&opts.model)?);
     let tok = Tokenizer::from_gguf_with(&file, opts.tokenizer_pre.as_deref())?;
     if let Some(note) = tok.pre_note() {
         eprintln!("bitnet serve: {note}");
@@ -365,7 +365,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
     let local = listener.local_addr().map_err(|e| Error::io(&addr, e))?;
     eprintln!("bitnet serve: listening on http://{local}");
 
-    let threads = opts.threads.unwrap_or(crate::env::get().threads);
+    let threads = opts.threads.unwrap_or(bitnet::env::get().threads);
     let model_id = opts.alias.clone().unwrap_or_else(|| {
         opts.model
             .file_stem()

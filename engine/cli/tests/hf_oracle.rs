@@ -6,6 +6,7 @@
 //! tokenizer.json must give transformers' token ids for the fixture's text. Malformed
 //! checkpoints are typed errors (exit 3) that leave no file behind.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 use bitnet::convert::{hf, EmbedFormat, FloatFormat, WeightFormat};
 use bitnet::model::Model;
@@ -14,7 +15,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crossval/hf/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crossval/hf/fixtures");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -73,7 +74,7 @@ fn check(dir: &Path, weights: WeightFormat) -> String {
         "{name}: tokenization"
     );
     let m = Model::load(&out).unwrap();
-    let ours = bitnet::cli::teacher_forced_logits(&m, &ids, bitnet::cli::Mode::Seq).unwrap();
+    let ours = bitnet::eval::teacher_forced_logits(&m, &ids, bitnet::eval::Mode::Seq).unwrap();
     let (n, v, want) = read_logits(&dir.join("logits_f32.bin"));
     assert_eq!((n, v), (ids.len(), m.config.vocab_size), "{name}: shape");
     let (mut min_cos, mut max_abs, mut decisive, mut agree) = (1f64, 0f32, 0, 0);

@@ -40,6 +40,6 @@ fn main() {
         .unwrap_or_default();
     println!("cargo:rustc-env=BITNET_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    println!("cargo:rerun-if-changed=../../.git/HEAD");
+    println!("cargo:rerun-if-changed=../../.git/refs/heads");
 }

@@ -2,6 +2,7 @@
 //! give a typed error from the library and make `bitnet inspect` exit 3 with a one-line
 //! message — never a panic, never an allocation sized by the bad field.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 
 use bitnet::gguf::{Gguf, GgufError, GgufWriter, Value, ValueType};

@@ -3,18 +3,29 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 invalid input file (GGUF,
 //! model, tokenizer or checkpoint). Every error is one line on stderr.
+//!
+//! This crate is the command line only: the computation is the `bitnet` library's, the server
+//! is `bitnet-server`'s, and [`bench`] times both against BitNet.cpp (feature `reference`).
 
-use crate::convert::{self, synth, FloatFormat, WeightFormat};
-use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions};
-use crate::gguf::Gguf;
-use crate::model::{HeadFormat, Model, State};
-use crate::sample::SamplerParams;
-use crate::tokenizer::Tokenizer;
-use clap::{Parser, Subcommand, ValueEnum};
+pub mod bench;
+
+use bitnet::convert::{self, synth, FloatFormat, WeightFormat};
+use bitnet::error::{Error, Result};
+use bitnet::eval::{perplexity, teacher_forced_logits, Mode};
+use bitnet::generate::{generate, GenerateOptions};
+use bitnet::gguf::Gguf;
+use bitnet::model::{HeadFormat, Model};
+use bitnet::sample::SamplerParams;
+use bitnet::tokenizer::Tokenizer;
+use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// A command-line value parsed by the library type's `FromStr` (whose error lists the choices).
+fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> std::result::Result<T, String> {
+    s.parse()
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,8 +43,8 @@ pub struct Cli {
     /// Re-quantize the output projection (the logits head) at load: q8_0 reads about half the
     /// bytes of an F16 head per token, at a measured cost in accuracy (KL and top-1 against the
     /// file's head: `bitnet-validate` gates head-q8-real, head-q8-hf). For run, logits, perplexity, serve, bench.
-    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
-    pub head: Option<crate::model::HeadFormat>,
+    #[arg(long, global = true, value_name = "q8_0", value_parser = parse::<HeadFormat>)]
+    pub head: Option<HeadFormat>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,7 +83,7 @@ pub enum Command {
         tokens: Vec<u32>,
         #[arg(short, long)]
         output: PathBuf,
-        #[arg(long, value_enum, default_value = "batch")]
+        #[arg(long, default_value = "batch", value_name = "seq|batch", value_parser = parse::<Mode>)]
         mode: Mode,
         #[arg(short, long)]
         threads: Option<usize>,
@@ -103,7 +114,7 @@ pub enum Command {
     /// with --vs-reference, BitNet.cpp on the same file in the same run and the ratios.
     Bench(crate::bench::BenchArgs),
     /// OpenAI-compatible HTTP server with continuous batching, health probes and metrics.
-    Serve(crate::serve::ServeArgs),
+    Serve(bitnet_server::ServeArgs),
     /// Write a deterministic synthetic bitnet model.
     Synth {
         #[arg(long)]
@@ -168,14 +179,6 @@ pub enum ConvertSource {
         #[arg(long, default_value = "f16")]
         embedding: String,
     },
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// One token at a time.
-    Seq,
-    /// All tokens in one batch.
-    Batch,
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,7 +263,7 @@ fn default_sigpipe() {
 pub fn exit_code(e: &Error) -> i32 {
     match e {
         Error::Usage(_) => 2,
-        Error::Io { .. } | Error::Gguf(crate::gguf::GgufError::Io { .. }) => 1,
+        Error::Io { .. } | Error::Gguf(bitnet::gguf::GgufError::Io { .. }) => 1,
         Error::Runtime(_) => 1,
         Error::Convert(convert::ConvertError::Io { .. }) => 1,
         Error::Convert(convert::ConvertError::Usage(_)) => 2,
@@ -326,7 +329,7 @@ fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result
         Command::Serve(mut a) => {
             a.tokenizer_pre = pre.map(str::to_string);
             a.head = head;
-            crate::serve::run(a)
+            bitnet_server::run(a)
         }
         Command::Keygen { output } => {
             let mut seed = [0u8; 32];
@@ -504,7 +507,7 @@ fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result
 fn run(a: RunArgs, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
     let signing_key = match &a.sign {
         Some(p) => {
-            Some(crate::receipt::read_signing_key(p).map_err(|e| Error::Usage(e.to_string()))?)
+            Some(bitnet::receipt::read_signing_key(p).map_err(|e| Error::Usage(e.to_string()))?)
         }
         None => None,
     };
@@ -546,8 +549,9 @@ fn run(a: RunArgs, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
     })?;
     let _ = writeln!(out);
     if let Some(path) = &a.receipt {
-        let mut r = crate::receipt::for_generation(&model, &a.model, &opts, &a.prompt, &g, load_ms)
-            .map_err(|e| Error::io(a.model.display().to_string(), e))?;
+        let mut r =
+            bitnet::receipt::for_generation(&model, &a.model, &opts, &a.prompt, &g, load_ms)
+                .map_err(|e| Error::io(a.model.display().to_string(), e))?;
         if let Some(k) = &signing_key {
             r.sign(k);
         }
@@ -571,21 +575,6 @@ fn run(a: RunArgs, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
     Ok(())
 }
 
-/// Logits of every position of `tokens`, evaluated one at a time (`Seq`) or as one batch.
-pub fn teacher_forced_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>> {
-    let mut state = State::new(&model.config);
-    match mode {
-        Mode::Batch => Ok(model.forward(&mut state, tokens, true)?),
-        Mode::Seq => {
-            let mut all = Vec::with_capacity(tokens.len() * model.config.vocab_size);
-            for &t in tokens {
-                all.extend(model.forward(&mut state, &[t], true)?);
-            }
-            Ok(all)
-        }
-    }
-}
-
 fn write_logits(path: &Path, n: usize, vocab: usize, logits: &[f32]) -> Result<()> {
     let mut buf = Vec::with_capacity(8 + logits.len() * 4);
     buf.extend_from_slice(&(n as i32).to_le_bytes());
@@ -594,48 +583,6 @@ fn write_logits(path: &Path, n: usize, vocab: usize, logits: &[f32]) -> Result<(
         buf.extend_from_slice(&v.to_le_bytes());
     }
     std::fs::write(path, buf).map_err(|e| Error::io(path.display().to_string(), e))
-}
-
-/// Mean NLL of predicting tokens[1..] from their prefixes, in windows of `ctx` tokens that
-/// each start fresh (the first token of a window is context only). Returns (mean NLL, count).
-pub fn perplexity(model: &Model, ids: &[u32], ctx: usize) -> Result<(f64, usize)> {
-    if ctx < 2 || ctx > model.config.context_length {
-        return Err(Error::Usage(format!(
-            "window {ctx} must be in 2..={}",
-            model.config.context_length
-        )));
-    }
-    let v = model.config.vocab_size;
-    let (mut total, mut count) = (0f64, 0usize);
-    for window in ids.chunks(ctx) {
-        if window.len() < 2 {
-            continue;
-        }
-        let mut state = State::new(&model.config);
-        let logits = model.forward(&mut state, window, true)?;
-        for (t, &next) in window.iter().enumerate().skip(1) {
-            total += nll(&logits[(t - 1) * v..t * v], next);
-            count += 1;
-        }
-    }
-    if count == 0 {
-        return Err(Error::Usage(
-            "text too short: need at least 2 tokens".into(),
-        ));
-    }
-    Ok((total / count as f64, count))
-}
-
-/// -log softmax(logits)[target], in f64.
-pub fn nll(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let lse = logits
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    lse - logits[target as usize] as f64
 }
 
 fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Result<()> {
@@ -650,7 +597,7 @@ fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Resul
     println!("metadata ({} keys):", g.metadata().len());
     for (k, v) in g.metadata() {
         match v {
-            crate::gguf::Value::Array(_, items) if full => {
+            bitnet::gguf::Value::Array(_, items) if full => {
                 println!(
                     "  {k} = [{}]",
                     items
@@ -689,13 +636,13 @@ fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Resul
     let c = &model.config;
     // What was inferred rather than read, and why.
     match tok.pre_tokenizer() {
-        Some((p, crate::tokenizer::PreSource::Key)) => {
+        Some((p, bitnet::tokenizer::PreSource::Key)) => {
             println!("pre-tokenizer: {p} (tokenizer.ggml.pre)")
         }
-        Some((p, crate::tokenizer::PreSource::Override)) => {
+        Some((p, bitnet::tokenizer::PreSource::Override)) => {
             println!("pre-tokenizer: {p} (--tokenizer-pre)")
         }
-        Some((p, crate::tokenizer::PreSource::Fingerprint(fp))) => println!(
+        Some((p, bitnet::tokenizer::PreSource::Fingerprint(fp))) => println!(
             "pre-tokenizer: {p} (inferred: the file has no tokenizer.ggml.pre; the vocabulary's fingerprint {fp} is a known {p} vocabulary)"
         ),
         None => {}
@@ -704,7 +651,7 @@ fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Resul
     println!(
         "chat template: {}",
         match template {
-            Some(t) if crate::serve::chat::is_bitnet_placeholder(t) => "BitNet's converter placeholder (Human:/BITNETAssistant:), not the trained format: `bitnet serve` uses the built-in `bitnet` (Role: content<|eot_id|> turns) instead",
+            Some(t) if bitnet_server::chat::is_bitnet_placeholder(t) => "BitNet's converter placeholder (Human:/BITNETAssistant:), not the trained format: `bitnet serve` uses the built-in `bitnet` (Role: content<|eot_id|> turns) instead",
             Some(_) => "the file's tokenizer.chat_template (Jinja)",
             None => "none in the file (`bitnet serve` defaults to chatml)",
         }

@@ -1,4 +1,4 @@
-//! Shared test support: paths to the shared data, converted models built once per test binary.
+//! Shared test support (also compiled into the `bitnet-cli` tests, by path): paths to the shared data, converted models built once per test binary.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -40,9 +40,12 @@ pub fn converted(weights: &str, embedding: &str) -> PathBuf {
     out
 }
 
-/// The `bitnet` binary built for this test run.
+/// The `bitnet` binary built for this test run (tests of the `bitnet-cli` package only).
 pub fn bitnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bitnet"))
+    match option_env!("CARGO_BIN_EXE_bitnet") {
+        Some(exe) => Command::new(exe),
+        None => panic!("the bitnet binary is built only for the tests of the bitnet-cli package"),
+    }
 }
 
 /// The expected greedy text, read from the model's SOURCE.md (the quoted block after

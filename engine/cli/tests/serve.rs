@@ -2,6 +2,7 @@
 //! answers, cancellation, deadlines, batching invariance and the SIGTERM drain. The client is
 //! a few lines of HTTP/1.1 over a TcpStream, so the tests see the exact bytes on the wire.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 use common::*;
 use serde_json::{json, Value};

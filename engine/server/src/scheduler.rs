@@ -6,9 +6,9 @@
 //! at its stop condition, at its deadline, or as soon as its client goes away (the receiver
 //! of its event channel is dropped). Results do not depend on what else is in the batch.
 
-use crate::generate::{Decoder, GenerateOptions, Next, StopReason};
-use crate::model::{Model, Seq, State};
-use crate::tokenizer::Tokenizer;
+use bitnet::generate::{Decoder, GenerateOptions, Next, StopReason};
+use bitnet::model::{Model, Seq, State};
+use bitnet::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

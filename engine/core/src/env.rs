@@ -37,8 +37,7 @@ pub fn get() -> &'static Env {
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("..")
-                    .join("..")
+                    .join("../../..")
                     .join("shared")
             });
         let cores = std::thread::available_parallelism()

@@ -5,14 +5,14 @@
 use super::chat::Message;
 use super::scheduler::{Event, Finish, FinishReason, Job, Rejected};
 use super::App;
-use crate::generate::GenerateOptions;
-use crate::sample::SamplerParams;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bitnet::generate::GenerateOptions;
+use bitnet::sample::SamplerParams;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;

@@ -5,9 +5,10 @@
 //!   SOURCE.md and sharing no code with the engine, agrees with the engine teacher-forced.
 //! - Perplexity on TinyStories-style text is where a trained model should be.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 
-use bitnet::cli::{teacher_forced_logits, Mode};
+use bitnet::eval::{teacher_forced_logits, Mode};
 use bitnet::model::Model;
 use bitnet::tokenizer::Tokenizer;
 use common::*;

@@ -10,19 +10,18 @@
 //! thread count.
 
 pub mod attention;
-pub mod bench;
-pub mod cli;
 pub mod convert;
 pub mod env;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
+pub mod measure;
 pub mod model;
 pub mod pool;
 pub mod quant;
 pub mod receipt;
 pub mod sample;
-pub mod serve;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

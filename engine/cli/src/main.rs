@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(bitnet_cli::main());
+}
