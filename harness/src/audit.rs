@@ -95,17 +95,9 @@ impl Ctx {
 
 /// The kernel family a tensor type is computed by (the prefix of its kernel ids).
 fn family(tensor_type: &str) -> Option<&'static str> {
-    Some(match tensor_type {
-        "I2_S" => "i2s",
-        "TQ2_0" => "tq2_0",
-        "TQ1_0" => "tq1_0",
-        "TL2" => "tl2",
-        "F32" => "f32",
-        "F16" => "f16",
-        "BF16" => "bf16",
-        "Q8_0" => "q8_0",
-        _ => return None,
-    })
+    bitnet::quant::TensorType::from_name(tensor_type)
+        .and_then(|t| t.format())
+        .map(|f| f.family)
 }
 
 pub fn verify_file(path: &Path, opts: &VerifyOptions) -> Verdict {

@@ -10,7 +10,8 @@ pub mod synth;
 
 use crate::gguf::{Gguf, GgufWriter, Value};
 use crate::model::Config;
-use crate::quant::{i2s, tl2, tq, FormatError, TensorType};
+use crate::quant::format::{ternary_targets, Packing};
+use crate::quant::{tl2, FormatError, TensorType};
 use half::f16;
 use std::io::Write;
 use std::path::Path;
@@ -34,55 +35,51 @@ pub enum ConvertError {
     Usage(String),
 }
 
-/// Storage format for the ternary matrices of a converted model.
+/// Storage format for the ternary matrices of a converted model: any tensor type whose
+/// [`Format`](crate::quant::Format) row has a [`Packing`] (`quant::format::ternary_targets`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightFormat {
-    I2S,
-    TQ2_0,
-    TQ1_0,
-    TL2,
-    F32,
-}
+pub struct WeightFormat(TensorType);
 
+#[allow(non_upper_case_globals)]
 impl WeightFormat {
+    pub const I2S: WeightFormat = WeightFormat(TensorType::I2S);
+    pub const TQ2_0: WeightFormat = WeightFormat(TensorType::TQ2_0);
+    pub const TQ1_0: WeightFormat = WeightFormat(TensorType::TQ1_0);
+    pub const TL2: WeightFormat = WeightFormat(TensorType::TL2);
+    pub const F32: WeightFormat = WeightFormat(TensorType::F32);
+
+    /// By type name, case-insensitive, with or without its underscore (`i2_s`, `I2S`).
     pub fn parse(s: &str) -> Result<Self, ConvertError> {
-        match s.to_ascii_lowercase().as_str() {
-            "i2_s" | "i2s" => Ok(Self::I2S),
-            "tq2_0" => Ok(Self::TQ2_0),
-            "tq1_0" => Ok(Self::TQ1_0),
-            "tl2" => Ok(Self::TL2),
-            "f32" => Ok(Self::F32),
-            _ => Err(ConvertError::Usage(format!(
-                "unknown weight format {s:?} (i2_s, tq2_0, tq1_0, tl2, f32)"
-            ))),
-        }
+        let bare = |n: &str| n.replace('_', "").to_ascii_lowercase();
+        ternary_targets()
+            .find(|(ty, _)| ty.name().eq_ignore_ascii_case(s) || bare(ty.name()) == bare(s))
+            .map(|(ty, _)| WeightFormat(ty))
+            .ok_or_else(|| {
+                let names: Vec<String> = ternary_targets()
+                    .map(|(ty, _)| ty.name().to_ascii_lowercase())
+                    .collect();
+                ConvertError::Usage(format!(
+                    "unknown weight format {s:?} ({})",
+                    names.join(", ")
+                ))
+            })
     }
     pub fn tensor_type(self) -> TensorType {
-        match self {
-            Self::I2S => TensorType::I2S,
-            Self::TQ2_0 => TensorType::TQ2_0,
-            Self::TQ1_0 => TensorType::TQ1_0,
-            Self::TL2 => TensorType::TL2,
-            Self::F32 => TensorType::F32,
-        }
+        self.0
+    }
+    fn packing(self) -> &'static Packing {
+        ternary_targets()
+            .find(|(ty, _)| *ty == self.0)
+            .map(|(_, p)| p)
+            .expect("a WeightFormat is only made from a type with a packing")
     }
     /// The column multiple the format packs in (TL2's is checked by its tiling).
     pub fn block(self) -> usize {
-        match self {
-            Self::I2S => i2s::BLOCK,
-            Self::TQ2_0 | Self::TQ1_0 => tq::QK,
-            Self::TL2 | Self::F32 => 1,
-        }
+        self.packing().multiple
     }
     /// `general.file_type` (llama.cpp's ftype numbering; I2_S = 40).
     fn file_type(self) -> u32 {
-        match self {
-            Self::I2S => 40,
-            Self::TQ2_0 => 37,
-            Self::TQ1_0 => 36,
-            Self::TL2 => 39,
-            Self::F32 => 0,
-        }
+        self.packing().file_type
     }
 }
 
@@ -152,49 +149,13 @@ impl EmbedFormat {
 
 pub use crate::quant::float::encode_q8_0;
 
-/// A ternary matrix (values -1/0/+1, row-major rows x cols) with one scale.
-#[derive(Clone, Debug)]
-pub struct Ternary {
-    pub rows: usize,
-    pub cols: usize,
-    pub values: Vec<i8>,
-    pub scale: f32,
-}
+pub use crate::quant::Ternary;
 
 impl Ternary {
+    /// The matrix packed in `fmt` (the scale inside it, or for TL2 left to its own tensor:
+    /// see [`BitnetTensors::ternary`]).
     pub fn encode(&self, fmt: WeightFormat) -> Result<Vec<u8>, ConvertError> {
-        Ok(match fmt {
-            WeightFormat::I2S => i2s::pack(&self.values, self.rows, self.cols, self.scale)?,
-            // The scale goes in its own tensor (see `BitnetTensors::ternary`).
-            WeightFormat::TL2 => tl2::pack(
-                &self.values,
-                self.rows,
-                self.cols,
-                tl2::Tiling::for_shape(self.rows, self.cols)?,
-            )?,
-            WeightFormat::TQ2_0 | WeightFormat::TQ1_0 => {
-                let scales = vec![self.scale; self.values.len() / tq::QK];
-                if !self.cols.is_multiple_of(tq::QK) {
-                    return Err(FormatError::BadCols {
-                        ty: "TQ",
-                        rows: self.rows,
-                        cols: self.cols,
-                        multiple: tq::QK,
-                    }
-                    .into());
-                }
-                if fmt == WeightFormat::TQ2_0 {
-                    tq::pack_tq2(&self.values, &scales)?
-                } else {
-                    tq::pack_tq1(&self.values, &scales)?
-                }
-            }
-            WeightFormat::F32 => self
-                .values
-                .iter()
-                .flat_map(|&v| (v as f32 * self.scale).to_le_bytes())
-                .collect(),
-        })
+        Ok((fmt.packing().pack)(self)?)
     }
 }
 
@@ -412,7 +373,7 @@ impl<'a> BitnetTensors<'a> {
         rows: usize,
         cols: usize,
     ) {
-        if fmt != WeightFormat::TL2 {
+        if !fmt.packing().scale_tensor {
             self.tensors.push(TensorSpec {
                 name: name.into(),
                 dims: vec![cols as u64, rows as u64],
@@ -421,14 +382,14 @@ impl<'a> BitnetTensors<'a> {
             });
             return;
         }
-        // TL2 keeps its scale in a one-element tensor `<name>_scale`, written right after the
-        // matrix whose producer reads it.
+        // A format that keeps its scale in a one-element tensor `<name>_scale` (TL2): written
+        // right after the matrix whose producer reads it.
         let scale = std::rc::Rc::new(std::cell::Cell::new(None));
         let seen = scale.clone();
         self.tensors.push(TensorSpec {
             name: name.into(),
             dims: vec![cols as u64, rows as u64],
-            ty: TensorType::TL2,
+            ty: fmt.tensor_type(),
             data: Box::new(move || {
                 let t = data()?;
                 seen.set(Some(t.scale));

@@ -1,8 +1,157 @@
 //! Float-like formats: F32, F16, BF16 and Q8_0 (blocks of 32 int8 with an f16 scale).
 //! They multiply in f32 against unquantized activations.
 
+use super::format::{each_row_and_token, Format, Kernel, Kind, Packing, Product};
+use super::matmul::Isa;
 use super::TensorType;
 use half::{bf16, f16};
+
+/// The dequantizer of a float format's row `r`, as a [`Format`] row takes it.
+macro_rules! dequantize_as {
+    ($ty:expr) => {
+        Some(|tensor, r, cols, out| {
+            let rb = $ty.row_bytes(cols);
+            dequantize_row($ty, &tensor[r * rb..(r + 1) * rb], out)
+        })
+    };
+}
+
+/// The scalar reference kernel of a float format: dequantize the row, then [`dot`].
+macro_rules! scalar_kernel {
+    ($ty:expr, $gemv:literal, $gemm:literal) => {
+        Kernel {
+            isa: Isa::Scalar,
+            gemv: $gemv,
+            gemm: $gemm,
+            // SAFETY: as `RowsFn`.
+            rows: |p, range, out| unsafe { scalar_rows($ty, p, range, out) },
+        }
+    };
+}
+
+/// F32: scalar and AVX2; also what the converter writes for unquantized ternary weights.
+pub static F32: Format = Format {
+    kind: Kind::Float,
+    family: "f32",
+    row_multiple: None,
+    tensor_bytes: None,
+    row_bytes: None,
+    dequantize_row: dequantize_as!(TensorType::F32),
+    kernels: &[
+        scalar_kernel!(TensorType::F32, "f32_gemv_scalar", "f32_gemm_scalar"),
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "f32_gemv_avx2",
+            gemm: "f32_gemm_avx2",
+            // SAFETY: as `RowsFn`; the table picks this only on a CPU with AVX2.
+            rows: |p, range, out| unsafe {
+                each_row_and_token(p, range, out, |row, t| avx2::dot_f32(row, p.x_row(t)))
+            },
+        },
+    ],
+    packing: Some(Packing {
+        multiple: 1,
+        file_type: 0,
+        scale_tensor: false,
+        pack: |t| {
+            Ok(t.values
+                .iter()
+                .flat_map(|&v| (v as f32 * t.scale).to_le_bytes())
+                .collect())
+        },
+    }),
+};
+
+/// F16 (token embeddings, the output projection): scalar, AVX2 and AVX-512 row loops.
+pub static F16: Format = Format {
+    kind: Kind::Float,
+    family: "f16",
+    row_multiple: None,
+    tensor_bytes: None,
+    row_bytes: None,
+    dequantize_row: dequantize_as!(TensorType::F16),
+    kernels: &[
+        scalar_kernel!(TensorType::F16, "f16_gemv_scalar", "f16_gemm_scalar"),
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "f16_gemv_avx2",
+            gemm: "f16_gemm_avx2",
+            // SAFETY: as `RowsFn`; the table picks this only with AVX2 and F16C.
+            rows: |p, range, out| unsafe {
+                avx2::f16_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+            },
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx512,
+            gemv: "f16_gemv_avx512",
+            gemm: "f16_gemm_avx512",
+            // SAFETY: as `RowsFn`; the table picks this only with AVX-512 F, AVX2 and F16C.
+            rows: |p, range, out| unsafe {
+                avx512::f16_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+            },
+        },
+    ],
+    packing: None,
+};
+
+/// BF16: the scalar reference only.
+pub static BF16: Format = Format {
+    kind: Kind::Float,
+    family: "bf16",
+    row_multiple: None,
+    tensor_bytes: None,
+    row_bytes: None,
+    dequantize_row: dequantize_as!(TensorType::BF16),
+    kernels: &[scalar_kernel!(
+        TensorType::BF16,
+        "bf16_gemv_scalar",
+        "bf16_gemm_scalar"
+    )],
+    packing: None,
+};
+
+/// Q8_0 (a quantized output projection, embeddings): scalar and AVX2.
+pub static Q8_0: Format = Format {
+    kind: Kind::Float,
+    family: "q8_0",
+    row_multiple: None,
+    tensor_bytes: None,
+    row_bytes: None,
+    dequantize_row: dequantize_as!(TensorType::Q8_0),
+    kernels: &[
+        scalar_kernel!(TensorType::Q8_0, "q8_0_gemv_scalar", "q8_0_gemm_scalar"),
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "q8_0_gemv_avx2",
+            gemm: "q8_0_gemm_avx2",
+            // SAFETY: as `RowsFn`; the table picks this only with AVX2 and F16C; rows are
+            // whole 32-blocks.
+            rows: |p, range, out| unsafe {
+                avx2::q8_0_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+            },
+        },
+    ],
+    packing: None,
+};
+
+/// The scalar float kernel: each row dequantized (F32 read in place where aligned), then
+/// [`dot`] with each token.
+///
+/// # Safety
+/// As [`super::format::RowsFn`].
+unsafe fn scalar_rows(ty: TensorType, p: &Product, range: std::ops::Range<usize>, out: *mut f32) {
+    let mut scratch = vec![0f32; p.cols];
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        each_row_and_token(p, range, out, |row, t| {
+            dot(ty, row, p.x_row(t), &mut scratch)
+        })
+    }
+}
 
 #[inline]
 fn f32_at(b: &[u8], i: usize) -> f32 {

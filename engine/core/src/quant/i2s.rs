@@ -5,7 +5,69 @@
 //! scale for the whole tensor follows the packed codes (at byte rows*cols/4), then zero padding
 //! to 32 bytes: tensor size = rows*cols/4 + 32.
 
+use super::format::{each_row_and_token, Format, Kernel, Kind, Packing, Product, Ternary};
+use super::matmul::Isa;
 use super::{FormatError, QuantRow};
+
+/// I2_S's behaviour: 2 bits per weight in rows of whole 128-blocks, one scale per tensor in a
+/// 32-byte trailer; scalar, AVX2 and AVX-512 VNNI kernels; the converter's default.
+pub static FORMAT: Format = Format {
+    kind: Kind::Ternary,
+    family: "i2s",
+    row_multiple: Some(BLOCK as u64),
+    tensor_bytes: Some(|rows, cols| tensor_bytes(rows * cols)),
+    row_bytes: Some(|cols| cols / 4),
+    dequantize_row: Some(|tensor, r, cols, out| {
+        let rb = cols / 4;
+        dequantize_row(
+            &tensor[r * rb..(r + 1) * rb],
+            scale(tensor, tensor.len()),
+            out,
+        )
+    }),
+    kernels: &[
+        Kernel {
+            isa: Isa::Scalar,
+            gemv: "i2s_gemv_scalar",
+            gemm: "i2s_gemm_scalar",
+            rows: rows_scalar,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "i2s_gemv_avx2",
+            gemm: "i2s_gemm_avx2",
+            rows: avx2::rows_of,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx512,
+            gemv: "i2s_gemv_avx512",
+            gemm: "i2s_gemm_avx512",
+            rows: avx512::rows_of,
+        },
+    ],
+    packing: Some(Packing {
+        multiple: BLOCK,
+        file_type: 40,
+        scale_tensor: false,
+        pack: |t: &Ternary| pack(&t.values, t.rows, t.cols, t.scale),
+    }),
+};
+
+/// The scalar reference kernel: [`dot_codes`] and [`finish`] per row and token.
+///
+/// # Safety
+/// As [`super::format::RowsFn`].
+unsafe fn rows_scalar(p: &Product, range: std::ops::Range<usize>, out: *mut f32) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        each_row_and_token(p, range, out, |row, t| {
+            let a = &p.acts[t];
+            finish(dot_codes(row, &a.q), a, p.w_scale)
+        })
+    }
+}
 
 pub const BLOCK: usize = 128;
 const BLOCK_BYTES: usize = 32;
@@ -207,6 +269,16 @@ pub mod avx2 {
         let h01 = _mm_hadd_epi32(f(acc[0]), f(acc[1]));
         let h23 = _mm_hadd_epi32(f(acc[2]), f(acc[3]));
         _mm_hadd_epi32(h01, h23)
+    }
+
+    /// [`rows`] as the format's AVX2 kernel.
+    ///
+    /// # Safety
+    /// As [`super::super::format::RowsFn`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn rows_of(p: &super::Product, range: std::ops::Range<usize>, out: *mut f32) {
+        // SAFETY: as `RowsFn`: the activations have the tensor's validated row length.
+        unsafe { rows(p.w, p.row_bytes, range, p.acts, p.w_scale, out, p.rows) }
     }
 
     /// The products of rows `rows` of a packed matrix (`row_bytes` per row) with every token
@@ -432,6 +504,23 @@ pub mod avx512 {
         let mut d = [0i32; 4];
         _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, super::avx2::hsum4(half));
         d
+    }
+
+    /// The format's AVX-512 kernel: [`rows`] for rows within its i32 bound, else the AVX2
+    /// loop (counted under this kernel's id all the same).
+    ///
+    /// # Safety
+    /// As [`super::super::format::RowsFn`].
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn rows_of(p: &super::Product, range: std::ops::Range<usize>, out: *mut f32) {
+        // SAFETY: the CPU has AVX-512 (the kernel table's isa); rows within the bound.
+        unsafe {
+            if p.cols / super::BLOCK <= MAX_BLOCKS {
+                rows(p.w, p.row_bytes, range, p.acts, p.w_scale, out, p.rows)
+            } else {
+                super::avx2::rows(p.w, p.row_bytes, range, p.acts, p.w_scale, out, p.rows)
+            }
+        }
     }
 
     /// As [`super::avx2::rows`]: rows `rows` of a packed matrix against every token row of

@@ -5,7 +5,8 @@
 //! Each output element is computed by exactly one thread with a fixed operation order, so
 //! results are identical for any thread count.
 
-use super::{float, i2s, quantize_row, tl2, tq, FormatError, Kind, QuantRow, TensorType};
+use super::format::{Format, Product};
+use super::{float, i2s, quantize_row, tl2, FormatError, Kind, QuantRow, TensorType};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::pool::SendPtr;
 use std::collections::BTreeMap;
@@ -103,6 +104,8 @@ pub struct Weight {
     file: Arc<Gguf>,
     pub name: String,
     pub ty: TensorType,
+    /// The type's behaviour (its kernels).
+    format: &'static Format,
     pub rows: usize,
     pub cols: usize,
     start: usize,
@@ -130,9 +133,7 @@ impl Weight {
     /// Views tensor `t` of `file` as a `rows x cols` matrix, checking that its type can compute
     /// and that its byte size matches.
     pub fn new(file: &Arc<Gguf>, t: &TensorInfo) -> Result<Self, FormatError> {
-        if t.ty.traits().kind == Kind::Unsupported {
-            return Err(FormatError::Unsupported(t.ty.name()));
-        }
+        let format = t.ty.format().ok_or(FormatError::Unsupported(t.ty.name()))?;
         let (rows, cols) = t.rows_cols();
         super::check_size(t.ty, rows, cols, t.size as usize)?;
         let bytes = file.tensor_data(t);
@@ -148,6 +149,7 @@ impl Weight {
             file: file.clone(),
             name: t.name.clone(),
             ty: t.ty,
+            format,
             rows,
             cols,
             start: t.file_offset as usize,
@@ -221,11 +223,10 @@ impl Weight {
         stats: &KernelStats,
     ) {
         let (x, n) = (input.x, input.n);
-        let isa = Isa::effective(self.ty, isa);
         assert_eq!(x.len(), n * self.cols, "{}: activation length", self.name);
         assert_eq!(out.len(), n * self.rows, "{}: output length", self.name);
         let t0 = Instant::now();
-        let acts: &[QuantRow] = if self.ty.traits().kind == Kind::Ternary {
+        let acts: &[QuantRow] = if self.format.kind == Kind::Ternary {
             input.quantized(self.cols)
         } else {
             &[]
@@ -251,8 +252,8 @@ impl Weight {
         let out_ptr = SendPtr(out.as_mut_ptr());
         crate::pool::get(threads).run(tasks, &|i| {
             let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(self.rows));
-            // SAFETY: tasks cover disjoint row ranges, and `out` outlives the run.
             let tokens = tl2::Tokens { acts, luts: &luts };
+            // SAFETY: tasks cover disjoint row ranges, and `out` outlives the run.
             unsafe { self.rows_into(isa, r0..r1, x, n, tokens, out_ptr) };
         });
         if let Some(p) = self.post_scale {
@@ -303,7 +304,7 @@ impl Weight {
         for ((w, out), slot) in outs.iter_mut().zip(parts.iter_mut()) {
             assert_eq!(x.len(), n * w.cols, "{}: activation length", w.name);
             assert_eq!(out.len(), n * w.rows, "{}: output length", w.name);
-            let acts: &[QuantRow] = if w.ty.traits().kind == Kind::Ternary {
+            let acts: &[QuantRow] = if w.format.kind == Kind::Ternary {
                 input.quantized(w.cols)
             } else {
                 &[]
@@ -311,7 +312,7 @@ impl Weight {
             let chunk = w.rows.div_ceil(threads * 4).max(8);
             *slot = Some(Part {
                 w,
-                isa: Isa::effective(w.ty, isa),
+                isa,
                 acts,
                 chunk,
                 first_task: tasks,
@@ -348,10 +349,12 @@ impl Weight {
         }
     }
 
-    /// Writes `out[t * rows + r]` for the rows in `range` and every token `t`.
+    /// Writes `out[t * rows + r]` for the rows in `range` and every token `t`, with the
+    /// format's kernel for `isa` (the widest the format has and the CPU runs, not above it).
     ///
     /// # Safety
-    /// `out` points to `n * rows` floats, and no other thread writes the rows in `range`.
+    /// `out` points to `n * rows` floats, and no other thread writes the rows in `range`
+    /// (for TL2: whole subtiles, and `tokens.luts` made for `tokens.acts` and its layout).
     unsafe fn rows_into(
         &self,
         isa: Isa,
@@ -361,134 +364,32 @@ impl Weight {
         tokens: tl2::Tokens,
         out: SendPtr,
     ) {
-        if let Some(l) = &self.tl2 {
-            // SAFETY: as for this function; the row range is whole subtiles of the layout.
-            unsafe { self.tl2_rows_into(l, isa, range, tokens, out) };
-            return;
-        }
-        let acts = tokens.acts;
-        // Only the scalar float formats need a dequantization buffer; allocate it on first use.
-        let mut scratch = Vec::new();
-        // F16 (the output projection) on AVX-512: four rows against four tokens per pass.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::F16 && isa == Isa::Avx512 {
-            let rb = self.ty.row_bytes(self.cols);
-            // SAFETY: Isa::effective only yields Avx512 when the CPU has AVX-512 F, AVX2 and
-            // F16C; `x` has `n` rows of `cols`; `out` as for this function.
-            unsafe { float::avx512::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
-            return;
-        }
-        // F16 (the output projection): all rows and tokens in one AVX2 loop.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::F16 && isa == Isa::Avx2 {
-            let rb = self.ty.row_bytes(self.cols);
-            // SAFETY: Isa::effective only yields Avx2 when the CPU has AVX2 and F16C; `x` has
-            // `n` rows of `cols`; `out` as for this function.
-            unsafe { float::avx2::f16_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
-            return;
-        }
-        // Q8_0 (a quantized output projection): the same loop as F16.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::Q8_0 && isa >= Isa::Avx2 {
-            let rb = self.ty.row_bytes(self.cols);
-            // SAFETY: Isa::effective only yields Avx2 for Q8_0 when the CPU has AVX2 and F16C;
-            // `x` has `n` rows of `cols` (a multiple of 32); `out` as for this function.
-            unsafe { float::avx2::q8_0_rows(self.bytes(), rb, range, x, n, out.0, self.rows) };
-            return;
-        }
-        // Ternary I2_S: every token of the product (one, a prompt, or the decode steps of
-        // several sequences) in one SIMD loop over the rows: AVX-512 VNNI (`vpdpbusd`) for rows
-        // short enough for its i32 lanes, otherwise AVX2.
-        #[cfg(target_arch = "x86_64")]
-        if self.ty == TensorType::I2S && isa >= Isa::Avx2 {
-            let use512 = isa == Isa::Avx512 && self.cols / i2s::BLOCK <= i2s::avx512::MAX_BLOCKS;
-            let rows = if use512 {
-                i2s::avx512::rows
-            } else {
-                i2s::avx2::rows
-            };
-            let rb = self.ty.row_bytes(self.cols);
-            // SAFETY: Isa::effective only yields Avx2/Avx512 when the CPU has those features
-            // (AVX-512 F/BW/VL + VNNI for Avx512); the AVX-512 loop only gets rows within its
-            // bound; the activations have the validated row length; `out` as for this function.
-            unsafe {
-                rows(
-                    self.bytes(),
-                    rb,
-                    range,
-                    acts,
-                    self.w_scale,
-                    out.0,
-                    self.rows,
-                )
-            };
-            return;
-        }
-        for r in range {
-            let row = self.row_bytes(r);
-            for t in 0..n {
-                let xt = &x[t * self.cols..(t + 1) * self.cols];
-                let v = match (self.ty, isa) {
-                    // SAFETY (avx2 arms): Isa::effective only yields Avx2 when the CPU has AVX2
-                    // and F16C; row and activation lengths match the validated shape.
-                    #[cfg(target_arch = "x86_64")]
-                    (TensorType::F32, Isa::Avx2) => unsafe { float::avx2::dot_f32(row, xt) },
-                    (TensorType::I2S, _) => {
-                        i2s::finish(i2s::dot_codes(row, &acts[t].q), &acts[t], self.w_scale)
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    (TensorType::TQ2_0, Isa::Avx2) => unsafe { tq::avx2::dot_tq2(row, &acts[t]) },
-                    #[cfg(target_arch = "x86_64")]
-                    (TensorType::TQ1_0, Isa::Avx2) => unsafe { tq::avx2::dot_tq1(row, &acts[t]) },
-                    (TensorType::TQ2_0, _) => tq::dot_tq2(row, &acts[t]),
-                    (TensorType::TQ1_0, _) => tq::dot_tq1(row, &acts[t]),
-                    (ty, _) => {
-                        scratch.resize(self.cols, 0.0);
-                        float::dot(ty, row, xt, &mut scratch)
-                    }
-                };
-                *out.0.add(t * self.rows + r) = v;
-            }
-        }
-    }
-
-    /// [`Weight::rows_into`] for TL2: the lookup-table kernel on AVX2, otherwise the scalar
-    /// reference that decodes each row.
-    ///
-    /// # Safety
-    /// As [`Weight::rows_into`]; `range` is whole subtiles, `luts` made for `acts` and `l`.
-    unsafe fn tl2_rows_into(
-        &self,
-        l: &tl2::Layout,
-        isa: Isa,
-        range: std::ops::Range<usize>,
-        tokens: tl2::Tokens,
-        out: SendPtr,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 {
-            // SAFETY: Isa::effective only yields Avx2 when the CPU has it; the rest as above.
-            unsafe { tl2::avx2::rows(self.bytes(), l, range, tokens, self.w_scale, out.0) };
-            return;
-        }
-        let _ = isa;
-        let mut scratch = Vec::new();
-        for r in range {
-            for (t, a) in tokens.acts.iter().enumerate() {
-                let d = tl2::dot(self.bytes(), l, r, &a.q, &mut scratch);
-                *out.0.add(t * self.rows + r) = tl2::finish(d, a, self.w_scale);
-            }
-        }
+        let p = Product {
+            w: self.bytes(),
+            row_bytes: self.ty.row_bytes(self.cols),
+            rows: self.rows,
+            cols: self.cols,
+            x,
+            n,
+            acts: tokens.acts,
+            luts: tokens.luts,
+            w_scale: self.w_scale,
+            tl2: self.tl2.as_ref(),
+        };
+        // SAFETY: the kernel's instruction set is one the CPU runs (`Format::kernel`); the
+        // tensor's size was checked in `Weight::new`; `out` as for this function.
+        unsafe { (self.format.kernel(isa).rows)(&p, range, out.0) }
     }
 
     /// The id under which a product of `n` tokens on `isa` is counted: format, gemv (one
     /// token) or gemm, and the implementation that runs.
     pub fn kernel_id(&self, n: usize, isa: Isa) -> &'static str {
-        let (gemv, isa) = (n == 1, Isa::effective(self.ty, isa));
-        KERNELS
-            .iter()
-            .find(|k| k.0 == self.ty && k.1 == gemv && k.2 == isa)
-            .map_or("unsupported", |k| k.3)
+        let k = self.format.kernel(isa);
+        if n == 1 {
+            k.gemv
+        } else {
+            k.gemm
+        }
     }
 }
 
@@ -576,62 +477,11 @@ impl Isa {
     /// The implementation that computes `ty` when `isa` is asked for: the best instruction
     /// set not above `isa` that has a kernel for the type and that the CPU supports.
     pub fn effective(ty: TensorType, isa: Isa) -> Isa {
-        let isa = isa.min(Isa::detect());
-        let best = match ty {
-            TensorType::I2S | TensorType::F16 => Isa::Avx512,
-            TensorType::TL2
-            | TensorType::TQ2_0
-            | TensorType::TQ1_0
-            | TensorType::F32
-            | TensorType::Q8_0 => Isa::Avx2,
-            _ => Isa::Scalar,
-        };
-        isa.min(best)
+        ty.format().map_or(Isa::Scalar, |f| f.kernel(isa).isa)
     }
 }
 
-/// Every kernel: (type, one token?, implementation, id). Receipts are audited against it.
-pub static KERNELS: &[(TensorType, bool, Isa, &str)] = &[
-    (TensorType::I2S, true, Isa::Scalar, "i2s_gemv_scalar"),
-    (TensorType::I2S, false, Isa::Scalar, "i2s_gemm_scalar"),
-    (TensorType::I2S, true, Isa::Avx2, "i2s_gemv_avx2"),
-    (TensorType::I2S, false, Isa::Avx2, "i2s_gemm_avx2"),
-    (TensorType::I2S, true, Isa::Avx512, "i2s_gemv_avx512"),
-    (TensorType::I2S, false, Isa::Avx512, "i2s_gemm_avx512"),
-    (TensorType::TL2, true, Isa::Scalar, "tl2_gemv_scalar"),
-    (TensorType::TL2, false, Isa::Scalar, "tl2_gemm_scalar"),
-    (TensorType::TL2, true, Isa::Avx2, "tl2_gemv_avx2"),
-    (TensorType::TL2, false, Isa::Avx2, "tl2_gemm_avx2"),
-    (TensorType::TQ2_0, true, Isa::Scalar, "tq2_0_gemv_scalar"),
-    (TensorType::TQ2_0, false, Isa::Scalar, "tq2_0_gemm_scalar"),
-    (TensorType::TQ2_0, true, Isa::Avx2, "tq2_0_gemv_avx2"),
-    (TensorType::TQ2_0, false, Isa::Avx2, "tq2_0_gemm_avx2"),
-    (TensorType::TQ1_0, true, Isa::Scalar, "tq1_0_gemv_scalar"),
-    (TensorType::TQ1_0, false, Isa::Scalar, "tq1_0_gemm_scalar"),
-    (TensorType::TQ1_0, true, Isa::Avx2, "tq1_0_gemv_avx2"),
-    (TensorType::TQ1_0, false, Isa::Avx2, "tq1_0_gemm_avx2"),
-    (TensorType::F32, true, Isa::Scalar, "f32_gemv_scalar"),
-    (TensorType::F32, false, Isa::Scalar, "f32_gemm_scalar"),
-    (TensorType::F32, true, Isa::Avx2, "f32_gemv_avx2"),
-    (TensorType::F32, false, Isa::Avx2, "f32_gemm_avx2"),
-    (TensorType::F16, true, Isa::Scalar, "f16_gemv_scalar"),
-    (TensorType::F16, false, Isa::Scalar, "f16_gemm_scalar"),
-    (TensorType::F16, true, Isa::Avx2, "f16_gemv_avx2"),
-    (TensorType::F16, false, Isa::Avx2, "f16_gemm_avx2"),
-    (TensorType::F16, true, Isa::Avx512, "f16_gemv_avx512"),
-    (TensorType::F16, false, Isa::Avx512, "f16_gemm_avx512"),
-    (TensorType::BF16, true, Isa::Scalar, "bf16_gemv_scalar"),
-    (TensorType::BF16, false, Isa::Scalar, "bf16_gemm_scalar"),
-    (TensorType::Q8_0, true, Isa::Scalar, "q8_0_gemv_scalar"),
-    (TensorType::Q8_0, false, Isa::Scalar, "q8_0_gemm_scalar"),
-    (TensorType::Q8_0, true, Isa::Avx2, "q8_0_gemv_avx2"),
-    (TensorType::Q8_0, false, Isa::Avx2, "q8_0_gemm_avx2"),
-];
-
-/// Whether `id` names a kernel of this engine.
-pub fn is_kernel_id(id: &str) -> bool {
-    KERNELS.iter().any(|k| k.3 == id)
-}
+pub use super::format::{is_kernel_id, kernels};
 
 /// Counters for one kernel id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

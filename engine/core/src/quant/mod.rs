@@ -1,29 +1,23 @@
 //! Tensor types, one row each in [`TYPES`] (ggml-style type traits), plus one module per format
-//! that knows its bit layout: [`i2s`] (BitNet.cpp's I2_S), [`tq`] (TQ1_0/TQ2_0), [`float`]
-//! (F32, F16, BF16, Q8_0), [`tl2`] (BitNet.cpp's lookup-table layout). [`matmul`] applies any of them to activations.
+//! that knows its bit layout and defines its behaviour as a [`format::Format`] row: [`i2s`]
+//! (BitNet.cpp's I2_S), [`tq`] (TQ1_0/TQ2_0), [`float`] (F32, F16, BF16, Q8_0), [`tl2`]
+//! (BitNet.cpp's lookup-table layout). [`matmul`] applies any of them to activations by looking
+//! the kernel up in the row.
 //!
 //! Ternary formats multiply against int8 activations quantized per token row exactly as the
 //! reference does ([`quantize_row`]); float formats multiply in f32.
 
 pub mod float;
+pub mod format;
 pub mod i2s;
 pub mod matmul;
 pub mod tl2;
 pub mod tq;
 
-/// How the weights of a type take part in a matrix product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Dequantized to / multiplied in f32.
-    Float,
-    /// Ternary codes multiplied against int8-quantized activations.
-    Ternary,
-    /// Known to the reader (so a file can be inspected) but not computable here.
-    Unsupported,
-}
+pub use format::{Format, Kind, Ternary};
 
-/// The traits of one tensor type: ggml type id, name, block geometry.
-#[derive(Debug)]
+/// The traits of one tensor type: ggml type id, name, block geometry, and for a computable
+/// type its behaviour ([`Format`]).
 pub struct TypeTraits {
     pub ty: TensorType,
     pub id: u32,
@@ -33,70 +27,78 @@ pub struct TypeTraits {
     pub block_bytes: u64,
     /// Whether the byte size of a tensor of this type is known (TL1's depends on a kernel config).
     pub layout_known: bool,
-    pub kind: Kind,
+    /// What computing with it means (None: the engine reads the type but cannot compute).
+    pub format: Option<&'static Format>,
 }
 
 impl TypeTraits {
     /// A row's length must be a multiple of this.
     pub fn row_multiple(&self) -> u64 {
-        match self.ty {
-            TensorType::I2S => i2s::BLOCK as u64,
-            TensorType::TL2 => tl2::SUBTILE as u64,
-            _ => self.block_elems,
-        }
+        self.format
+            .and_then(|f| f.row_multiple)
+            .unwrap_or(self.block_elems)
+    }
+    pub fn kind(&self) -> Kind {
+        self.format.map_or(Kind::Unsupported, |f| f.kind)
+    }
+}
+
+impl std::fmt::Debug for TypeTraits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TypeTraits({} {:?})", self.name, self.kind())
     }
 }
 
 macro_rules! tensor_types {
-    ($($v:ident = $id:literal, $name:literal, $be:literal, $bb:literal, $known:literal, $kind:ident;)*) => {
+    ($($v:ident = $id:literal, $name:literal, $be:literal, $bb:literal, $known:literal, $fmt:expr;)*) => {
         /// Every GGUF tensor type this engine recognises.
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum TensorType { $($v),* }
 
-        /// The type table. Adding a format = one row here + one module.
+        /// The type table. Adding a format = one module with its [`Format`] + its row here.
         pub static TYPES: &[TypeTraits] = &[
             $(TypeTraits { ty: TensorType::$v, id: $id, name: $name, block_elems: $be,
-                           block_bytes: $bb, layout_known: $known, kind: Kind::$kind },)*
+                           block_bytes: $bb, layout_known: $known, format: $fmt },)*
         ];
     };
 }
 
 tensor_types! {
-    F32 = 0, "F32", 1, 4, true, Float;
-    F16 = 1, "F16", 1, 2, true, Float;
-    Q4_0 = 2, "Q4_0", 32, 18, true, Unsupported;
-    Q4_1 = 3, "Q4_1", 32, 20, true, Unsupported;
-    Q5_0 = 6, "Q5_0", 32, 22, true, Unsupported;
-    Q5_1 = 7, "Q5_1", 32, 24, true, Unsupported;
-    Q8_0 = 8, "Q8_0", 32, 34, true, Float;
-    Q8_1 = 9, "Q8_1", 32, 36, true, Unsupported;
-    Q2_K = 10, "Q2_K", 256, 84, true, Unsupported;
-    Q3_K = 11, "Q3_K", 256, 110, true, Unsupported;
-    Q4_K = 12, "Q4_K", 256, 144, true, Unsupported;
-    Q5_K = 13, "Q5_K", 256, 176, true, Unsupported;
-    Q6_K = 14, "Q6_K", 256, 210, true, Unsupported;
-    Q8_K = 15, "Q8_K", 256, 292, true, Unsupported;
-    IQ2_XXS = 16, "IQ2_XXS", 256, 66, true, Unsupported;
-    IQ2_XS = 17, "IQ2_XS", 256, 74, true, Unsupported;
-    IQ3_XXS = 18, "IQ3_XXS", 256, 98, true, Unsupported;
-    IQ1_S = 19, "IQ1_S", 256, 50, true, Unsupported;
-    IQ4_NL = 20, "IQ4_NL", 32, 18, true, Unsupported;
-    IQ3_S = 21, "IQ3_S", 256, 110, true, Unsupported;
-    IQ2_S = 22, "IQ2_S", 256, 82, true, Unsupported;
-    IQ4_XS = 23, "IQ4_XS", 256, 136, true, Unsupported;
-    I8 = 24, "I8", 1, 1, true, Unsupported;
-    I16 = 25, "I16", 1, 2, true, Unsupported;
-    I32 = 26, "I32", 1, 4, true, Unsupported;
-    I64 = 27, "I64", 1, 8, true, Unsupported;
-    F64 = 28, "F64", 1, 8, true, Unsupported;
-    IQ1_M = 29, "IQ1_M", 256, 56, true, Unsupported;
-    BF16 = 30, "BF16", 1, 2, true, Float;
-    TQ1_0 = 34, "TQ1_0", 256, 54, true, Ternary;
-    TQ2_0 = 35, "TQ2_0", 256, 66, true, Ternary;
-    I2S = 36, "I2_S", 1, 1, true, Ternary;
-    TL1 = 38, "TL1", 1, 1, false, Unsupported;
-    TL2 = 39, "TL2", 1, 1, true, Ternary;
+    F32 = 0, "F32", 1, 4, true, Some(&float::F32);
+    F16 = 1, "F16", 1, 2, true, Some(&float::F16);
+    Q4_0 = 2, "Q4_0", 32, 18, true, None;
+    Q4_1 = 3, "Q4_1", 32, 20, true, None;
+    Q5_0 = 6, "Q5_0", 32, 22, true, None;
+    Q5_1 = 7, "Q5_1", 32, 24, true, None;
+    Q8_0 = 8, "Q8_0", 32, 34, true, Some(&float::Q8_0);
+    Q8_1 = 9, "Q8_1", 32, 36, true, None;
+    Q2_K = 10, "Q2_K", 256, 84, true, None;
+    Q3_K = 11, "Q3_K", 256, 110, true, None;
+    Q4_K = 12, "Q4_K", 256, 144, true, None;
+    Q5_K = 13, "Q5_K", 256, 176, true, None;
+    Q6_K = 14, "Q6_K", 256, 210, true, None;
+    Q8_K = 15, "Q8_K", 256, 292, true, None;
+    IQ2_XXS = 16, "IQ2_XXS", 256, 66, true, None;
+    IQ2_XS = 17, "IQ2_XS", 256, 74, true, None;
+    IQ3_XXS = 18, "IQ3_XXS", 256, 98, true, None;
+    IQ1_S = 19, "IQ1_S", 256, 50, true, None;
+    IQ4_NL = 20, "IQ4_NL", 32, 18, true, None;
+    IQ3_S = 21, "IQ3_S", 256, 110, true, None;
+    IQ2_S = 22, "IQ2_S", 256, 82, true, None;
+    IQ4_XS = 23, "IQ4_XS", 256, 136, true, None;
+    I8 = 24, "I8", 1, 1, true, None;
+    I16 = 25, "I16", 1, 2, true, None;
+    I32 = 26, "I32", 1, 4, true, None;
+    I64 = 27, "I64", 1, 8, true, None;
+    F64 = 28, "F64", 1, 8, true, None;
+    IQ1_M = 29, "IQ1_M", 256, 56, true, None;
+    BF16 = 30, "BF16", 1, 2, true, Some(&float::BF16);
+    TQ1_0 = 34, "TQ1_0", 256, 54, true, Some(&tq::TQ1_0);
+    TQ2_0 = 35, "TQ2_0", 256, 66, true, Some(&tq::TQ2_0);
+    I2S = 36, "I2_S", 1, 1, true, Some(&i2s::FORMAT);
+    TL1 = 38, "TL1", 1, 1, false, None;
+    TL2 = 39, "TL2", 1, 1, true, Some(&tl2::FORMAT);
 }
 
 impl TensorType {
@@ -119,28 +121,27 @@ impl TensorType {
     pub fn name(self) -> &'static str {
         self.traits().name
     }
+    /// The type's behaviour, if the engine computes with it.
+    pub fn format(self) -> Option<&'static Format> {
+        self.traits().format
+    }
     /// Byte size of a tensor of `n` elements with rows of `ne0` (a multiple of the row
-    /// multiple). I2_S and TL2 are the special cases ggml's traits get wrong: I2_S is 2 bits
-    /// per element, then the f32 scale, padded to 32 bytes; TL2 see [`tl2::tensor_bytes`].
+    /// multiple): whole blocks, or the format's own size where ggml's traits get it wrong
+    /// (I2_S's trailer, TL2's tiles).
     pub fn tensor_bytes(self, ne0: u64, n: u64) -> u64 {
-        match self {
-            TensorType::I2S => i2s::tensor_bytes(n),
-            TensorType::TL2 => tl2::tensor_bytes(n / ne0, ne0),
-            _ => {
-                let t = self.traits();
-                n / t.block_elems * t.block_bytes
-            }
+        let t = self.traits();
+        match t.format.and_then(|f| f.tensor_bytes) {
+            Some(size) if ne0 > 0 => size(n / ne0, ne0),
+            _ => n / t.block_elems * t.block_bytes,
         }
     }
     /// Bytes of one row of `cols` elements (not meaningful for I2_S's trailer; TL2 has no
     /// rows of its own, this is its average).
     pub fn row_bytes(self, cols: usize) -> usize {
-        match self {
-            TensorType::I2S | TensorType::TL2 => cols / 4,
-            _ => {
-                let t = self.traits();
-                cols / t.block_elems as usize * t.block_bytes as usize
-            }
+        let t = self.traits();
+        match t.format.and_then(|f| f.row_bytes) {
+            Some(size) => size(cols),
+            None => cols / t.block_elems as usize * t.block_bytes as usize,
         }
     }
 }
@@ -240,18 +241,11 @@ pub fn dequantize_row(
     cols: usize,
     out: &mut [f32],
 ) -> Result<(), FormatError> {
-    let rb = ty.row_bytes(cols);
-    let row = &bytes[r * rb..(r + 1) * rb];
-    match ty {
-        TensorType::I2S => i2s::dequantize_row(row, i2s::scale(bytes, bytes.len()), out),
-        TensorType::TQ2_0 => tq::dequantize_row_tq2(row, out),
-        TensorType::TQ1_0 => tq::dequantize_row_tq1(row, out),
-        // Needs its tiling: see `matmul::Weight::dequantize_row`.
-        TensorType::TL2 => return Err(FormatError::Unsupported("TL2 without its tiling")),
-        TensorType::F32 | TensorType::F16 | TensorType::BF16 | TensorType::Q8_0 => {
-            float::dequantize_row(ty, row, out)
-        }
-        other => return Err(FormatError::Unsupported(other.name())),
+    match ty.format().map(|f| f.dequantize_row) {
+        Some(Some(dequantize)) => dequantize(bytes, r, cols, out),
+        // TL2 needs its tiling: see `matmul::Weight::dequantize_row`.
+        Some(None) => return Err(FormatError::Unsupported("TL2 without its tiling")),
+        None => return Err(FormatError::Unsupported(ty.name())),
     }
     Ok(())
 }

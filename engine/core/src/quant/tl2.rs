@@ -22,7 +22,65 @@
 //! int8 activations, finished as I2_S does, so a TL2 matrix gives the bits an I2_S matrix of the
 //! same weights gives.
 
+use super::format::{Format, Kernel, Kind, Packing, Product};
+use super::matmul::Isa;
 use super::{FormatError, QuantRow};
+
+/// TL2's behaviour: groups of three weights as 4-bit table indices plus a sign bit, in tiles
+/// whose shape the file records; scalar and AVX2 lookup-table kernels. Its rows cannot be
+/// read without the tiling (see `matmul::Weight`), and its scale is a tensor of its own.
+pub static FORMAT: Format = Format {
+    kind: Kind::Ternary,
+    family: "tl2",
+    row_multiple: Some(SUBTILE as u64),
+    tensor_bytes: Some(tensor_bytes),
+    row_bytes: Some(|cols| cols / 4),
+    dequantize_row: None,
+    kernels: &[
+        Kernel {
+            isa: Isa::Scalar,
+            gemv: "tl2_gemv_scalar",
+            gemm: "tl2_gemm_scalar",
+            rows: rows_scalar,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "tl2_gemv_avx2",
+            gemm: "tl2_gemm_avx2",
+            rows: avx2::rows_of,
+        },
+    ],
+    packing: Some(Packing {
+        multiple: 1,
+        file_type: 39,
+        scale_tensor: true,
+        pack: |t| {
+            pack(
+                &t.values,
+                t.rows,
+                t.cols,
+                Tiling::for_shape(t.rows, t.cols)?,
+            )
+        },
+    }),
+};
+
+/// The scalar reference kernel: each row decoded, then the exact integer dot per token.
+///
+/// # Safety
+/// As [`super::format::RowsFn`]; `p.tl2` is the tensor's layout.
+unsafe fn rows_scalar(p: &Product, range: std::ops::Range<usize>, out: *mut f32) {
+    let l = p.tl2.expect("a TL2 product carries its layout");
+    let mut scratch = Vec::new();
+    for r in range {
+        for (t, a) in p.acts.iter().enumerate() {
+            let d = dot(p.w, l, r, &a.q, &mut scratch);
+            // SAFETY: `out` holds `n * rows` floats and this task owns row `r` (caller).
+            unsafe { *out.add(t * p.rows + r) = finish(d, a, p.w_scale) };
+        }
+    }
+}
 
 /// Metadata key with the tiling of every TL2 shape in a file: `[M, K, BM, BK]` per shape, the
 /// content of the reference's `kernel_config.ini`.
@@ -327,6 +385,22 @@ pub mod avx2 {
     /// Groups summed in 16 bits before widening: a group adds at most 3 * 128 = 384 in
     /// magnitude, so up to 85 would fit; 32 is one K-tile of BK = 96.
     const WIDEN_GROUPS: usize = 32;
+
+    /// TL2's AVX2 kernel: [`rows`] on the product's tables.
+    ///
+    /// # Safety
+    /// As [`super::super::format::RowsFn`]; `p.tl2` is the tensor's layout and `p.luts` were
+    /// built for `p.acts` with its K3.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn rows_of(p: &super::Product, range: std::ops::Range<usize>, out: *mut f32) {
+        let l = p.tl2.expect("a TL2 product carries its layout");
+        let tokens = super::Tokens {
+            acts: p.acts,
+            luts: p.luts,
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { rows(p.w, l, range, tokens, p.w_scale, out) }
+    }
 
     /// Products of the subtiles in `rows` (32-row aligned) with every token, finished:
     /// `out[t * l.rows + r]`.

@@ -10,8 +10,98 @@
 //! Both multiply like I2_S against int8 activations, with one scale per block:
 //! y = (sum over blocks of d_b * (D_b - S_b)) / s, D_b = sum code*q, S_b = sum q, in block order.
 
+use super::format::{each_row_and_token, Format, Kernel, Kind, Packing, Product, Ternary};
+use super::matmul::Isa;
 use super::{FormatError, QuantRow};
 use half::f16;
+
+/// TQ2_0's behaviour: 2-bit codes in 256-blocks with an f16 scale each; scalar and AVX2.
+pub static TQ2_0: Format = Format {
+    kind: Kind::Ternary,
+    family: "tq2_0",
+    row_multiple: None,
+    tensor_bytes: None,
+    row_bytes: None,
+    dequantize_row: Some(|tensor, r, cols, out| {
+        let rb = cols / QK * TQ2_BYTES;
+        dequantize_row_tq2(&tensor[r * rb..(r + 1) * rb], out)
+    }),
+    kernels: &[
+        Kernel {
+            isa: Isa::Scalar,
+            gemv: "tq2_0_gemv_scalar",
+            gemm: "tq2_0_gemm_scalar",
+            rows: |p, range, out| {
+                // SAFETY: as `RowsFn`.
+                unsafe { each_row_and_token(p, range, out, |row, t| dot_tq2(row, &p.acts[t])) }
+            },
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "tq2_0_gemv_avx2",
+            gemm: "tq2_0_gemm_avx2",
+            rows: avx2::rows_tq2,
+        },
+    ],
+    packing: Some(Packing {
+        multiple: QK,
+        file_type: 37,
+        scale_tensor: false,
+        pack: |t| pack_tq2(&t.values, &block_scales(t)?),
+    }),
+};
+
+/// TQ1_0's behaviour: base-3 digits, five per byte, in 256-blocks with an f16 scale each;
+/// scalar and AVX2.
+pub static TQ1_0: Format = Format {
+    kind: Kind::Ternary,
+    family: "tq1_0",
+    row_multiple: None,
+    tensor_bytes: None,
+    row_bytes: None,
+    dequantize_row: Some(|tensor, r, cols, out| {
+        let rb = cols / QK * TQ1_BYTES;
+        dequantize_row_tq1(&tensor[r * rb..(r + 1) * rb], out)
+    }),
+    kernels: &[
+        Kernel {
+            isa: Isa::Scalar,
+            gemv: "tq1_0_gemv_scalar",
+            gemm: "tq1_0_gemm_scalar",
+            rows: |p, range, out| {
+                // SAFETY: as `RowsFn`.
+                unsafe { each_row_and_token(p, range, out, |row, t| dot_tq1(row, &p.acts[t])) }
+            },
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel {
+            isa: Isa::Avx2,
+            gemv: "tq1_0_gemv_avx2",
+            gemm: "tq1_0_gemm_avx2",
+            rows: avx2::rows_tq1,
+        },
+    ],
+    packing: Some(Packing {
+        multiple: QK,
+        file_type: 36,
+        scale_tensor: false,
+        pack: |t| pack_tq1(&t.values, &block_scales(t)?),
+    }),
+};
+
+/// The matrix's one scale repeated for each 256-block (rows must be whole blocks).
+fn block_scales(t: &Ternary) -> Result<Vec<f32>, FormatError> {
+    if !t.cols.is_multiple_of(QK) {
+        return Err(FormatError::BadCols {
+            ty: "TQ",
+            rows: t.rows,
+            cols: t.cols,
+            multiple: QK,
+        });
+    }
+    Ok(vec![t.scale; t.values.len() / QK])
+}
 
 pub const QK: usize = 256;
 pub const TQ2_BYTES: usize = 66;
@@ -279,6 +369,32 @@ pub mod avx2 {
             acc += block_scale(blk) * d as f32;
         }
         acc / act.scale
+    }
+
+    /// TQ2_0's AVX2 kernel: [`dot_tq2`] per row and token.
+    ///
+    /// # Safety
+    /// As [`super::super::format::RowsFn`].
+    pub(super) unsafe fn rows_tq2(
+        p: &super::Product,
+        range: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        // SAFETY: the kernel table only picks this on a CPU with AVX2; rows are whole blocks.
+        unsafe { super::each_row_and_token(p, range, out, |row, t| dot_tq2(row, &p.acts[t])) }
+    }
+
+    /// TQ1_0's AVX2 kernel: [`dot_tq1`] per row and token.
+    ///
+    /// # Safety
+    /// As [`super::super::format::RowsFn`].
+    pub(super) unsafe fn rows_tq1(
+        p: &super::Product,
+        range: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        // SAFETY: as `rows_tq2`.
+        unsafe { super::each_row_and_token(p, range, out, |row, t| dot_tq1(row, &p.acts[t])) }
     }
 
     /// # Safety
