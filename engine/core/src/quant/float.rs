@@ -1,10 +1,10 @@
-//! Float-like formats: F32, F16, BF16 and Q8_0 (blocks of 32 int8 with an f16 scale).
+//! Float-like formats: F32, F16 and Q8_0 (blocks of 32 int8 with an f16 scale).
 //! They multiply in f32 against unquantized activations.
 
 use super::format::{each_row_and_token, Format, Kernel, Kind, Packing, Product};
 use super::matmul::Isa;
 use super::TensorType;
-use half::{bf16, f16};
+use half::f16;
 
 /// The dequantizer of a float format's row `r`, as a [`Format`] row takes it.
 macro_rules! dequantize_as {
@@ -97,22 +97,6 @@ pub static F16: Format = Format {
     packing: None,
 };
 
-/// BF16: the scalar reference only.
-pub static BF16: Format = Format {
-    kind: Kind::Float,
-    family: "bf16",
-    row_multiple: None,
-    tensor_bytes: None,
-    row_bytes: None,
-    dequantize_row: dequantize_as!(TensorType::BF16),
-    kernels: &[scalar_kernel!(
-        TensorType::BF16,
-        "bf16_gemv_scalar",
-        "bf16_gemm_scalar"
-    )],
-    packing: None,
-};
-
 /// Q8_0 (a quantized output projection, embeddings): scalar and AVX2.
 pub static Q8_0: Format = Format {
     kind: Kind::Float,
@@ -168,11 +152,6 @@ pub fn dequantize_row(ty: TensorType, row: &[u8], out: &mut [f32]) {
         TensorType::F16 => {
             for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
                 *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        TensorType::BF16 => {
-            for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
         TensorType::Q8_0 => {

@@ -1,12 +1,13 @@
 //! Tensor types, one row each in [`TYPES`] (ggml-style type traits), plus one module per format
 //! that knows its bit layout and defines its behaviour as a [`format::Format`] row: [`i2s`]
-//! (BitNet.cpp's I2_S), [`tq`] (TQ1_0/TQ2_0), [`float`] (F32, F16, BF16, Q8_0), [`tl2`]
+//! (BitNet.cpp's I2_S), [`tq`] (TQ1_0/TQ2_0), [`float`] (F32, F16, Q8_0), [`bf16`], [`tl2`]
 //! (BitNet.cpp's lookup-table layout). [`matmul`] applies any of them to activations by looking
 //! the kernel up in the row.
 //!
 //! Ternary formats multiply against int8 activations quantized per token row exactly as the
 //! reference does ([`quantize_row`]); float formats multiply in f32.
 
+pub mod bf16;
 pub mod float;
 pub mod format;
 pub mod i2s;
@@ -93,7 +94,7 @@ tensor_types! {
     I64 = 27, "I64", 1, 8, true, None;
     F64 = 28, "F64", 1, 8, true, None;
     IQ1_M = 29, "IQ1_M", 256, 56, true, None;
-    BF16 = 30, "BF16", 1, 2, true, Some(&float::BF16);
+    BF16 = 30, "BF16", 1, 2, true, Some(&bf16::FORMAT);
     TQ1_0 = 34, "TQ1_0", 256, 54, true, Some(&tq::TQ1_0);
     TQ2_0 = 35, "TQ2_0", 256, 66, true, Some(&tq::TQ2_0);
     I2S = 36, "I2_S", 1, 1, true, Some(&i2s::FORMAT);
