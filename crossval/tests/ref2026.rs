@@ -110,7 +110,12 @@ fn on_the_published_b158_layout_the_engine_agrees_with_the_2026_reference() {
                 at the speed of memory; 1.58 bits per weight, and every product exact.";
     let tokens = tok.encode(text, true, false);
     assert!(tokens.len() >= 30);
-    let ours = bitnet::eval::teacher_forced_logits(&m, &tokens, bitnet::eval::Mode::Seq).unwrap();
+    let ours = bitnet::eval::teacher_forced_logits(
+        &mut bitnet::session::Session::new(&m),
+        &tokens,
+        bitnet::eval::Mode::Seq,
+    )
+    .unwrap();
     let v = m.config.vocab_size;
     for batch in [false, true] {
         let (rv, theirs) = ref2026::logits(&model, &tokens, batch, 1).unwrap();

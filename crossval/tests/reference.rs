@@ -5,6 +5,8 @@
 //! - Kernel: the engine's I2_S matmul against the reference's ggml mul_mat, bit for bit.
 //!
 //! Missing shared data is a failure, never a skip.
+//!
+//! Length: a long test file on purpose: every comparison with BitNet.cpp 0.0.5 in one place.
 
 use bitnet::quant::matmul::{KernelStats, Weight};
 use bitnet::quant::TensorType;
@@ -245,6 +247,7 @@ fn teacher_forced_logits_agree_with_engine() {
     assert!(greedy.len() >= 100 && story.len() >= 100);
 
     use bitnet::eval::{teacher_forced_logits, Mode};
+    use bitnet::session::Session;
     let mut worst = 0f32;
     for (name, tokens) in [("greedy", greedy), ("story", &story)] {
         let (ref_seq, t_ref_seq) = r.logits_timed(tokens, false).expect("reference seq");
@@ -265,10 +268,12 @@ fn teacher_forced_logits_agree_with_engine() {
         );
 
         let t0 = std::time::Instant::now();
-        let eng_seq = teacher_forced_logits(&model, tokens, Mode::Seq).expect("engine seq");
+        let eng_seq = teacher_forced_logits(&mut Session::new(&model), tokens, Mode::Seq)
+            .expect("engine seq");
         let t_eng_seq = t0.elapsed();
         let t0 = std::time::Instant::now();
-        let eng_batch = teacher_forced_logits(&model, tokens, Mode::Batch).expect("engine batch");
+        let eng_batch = teacher_forced_logits(&mut Session::new(&model), tokens, Mode::Batch)
+            .expect("engine batch");
         let t_eng_batch = t0.elapsed();
 
         let seq = compare(&ref_seq, &eng_seq, n_vocab);

@@ -13,6 +13,7 @@ use bitnet::generate::{generate, GenerateOptions};
 use bitnet::model::Model;
 use bitnet::receipt::{self, Receipt};
 use bitnet::sample::SamplerParams;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -515,8 +516,8 @@ fn load_as_recorded(r: &Receipt) -> Result<Model, String> {
 /// Re-runs the recorded request on the recorded model and compares the output digest.
 fn replay(r: &Receipt, c: &mut Ctx) {
     let result = (|| -> Result<(String, usize), String> {
-        let mut model = load_as_recorded(r)?;
-        model.threads = r.environment.threads.max(1);
+        let model = load_as_recorded(r)?;
+        let mut session = Session::new(&model).with_threads(r.environment.threads);
         let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
         let q = &r.run.request;
         let opts = GenerateOptions {
@@ -534,7 +535,8 @@ fn replay(r: &Receipt, c: &mut Ctx) {
             ignore_eos: q.ignore_eos,
         };
         let prompt = tok.encode(&q.prompt, true, false);
-        let g = generate(&model, &tok, &prompt, &opts, &mut |_| true).map_err(|e| e.to_string())?;
+        let g = generate(&mut session, &tok, &prompt, &opts, &mut |_| true)
+            .map_err(|e| e.to_string())?;
         Ok((receipt::tokens_digest(&g.tokens), g.tokens.len()))
     })();
     match result {

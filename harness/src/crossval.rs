@@ -16,6 +16,7 @@ use bitnet::eval::nll;
 use bitnet::generate::{generate, GenerateOptions};
 use bitnet::model::Model;
 use bitnet::sample::SamplerParams;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use bitnet_crossval::RefModel;
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,7 @@ pub enum Reference {
         ids: Vec<u32>,
         logits: Vec<f32>,
     },
-    EngineAsStored(Box<(Model, Tokenizer)>),
+    EngineAsStored(Box<(Model, Tokenizer, usize)>),
 }
 
 impl Reference {
@@ -103,10 +104,9 @@ impl Reference {
                 threads,
             }),
             RefName::EngineAsStored => {
-                let mut m = Model::load(model).map_err(|e| e.to_string())?;
-                m.threads = threads;
+                let m = Model::load(model).map_err(|e| e.to_string())?;
                 let tok = Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
-                Ok(Reference::EngineAsStored(Box::new((m, tok))))
+                Ok(Reference::EngineAsStored(Box::new((m, tok, threads))))
             }
             RefName::Transformers => {
                 let dir = fixture.ok_or(
@@ -174,7 +174,12 @@ impl Reference {
                 bitnet_crossval::ref2026::logits(model, seq, batch, *threads).map(|(_, l)| l)
             }
             Reference::EngineAsStored(e) => {
-                our_logits(&e.0, seq, if batch { Mode::Batch } else { Mode::Seq })
+                let mut session = Session::new(&e.0).with_threads(e.2);
+                our_logits(
+                    &mut session,
+                    seq,
+                    if batch { Mode::Batch } else { Mode::Seq },
+                )
             }
             Reference::Transformers { ids, logits, .. } if ids == seq => Ok(logits.clone()),
             Reference::Transformers { .. } => Err(
@@ -343,8 +348,8 @@ fn summarize(
 }
 
 /// Teacher-forced logits from our engine (the same path as `bitnet logits`).
-fn our_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>, String> {
-    bitnet::eval::teacher_forced_logits(model, tokens, mode).map_err(|e| e.to_string())
+fn our_logits(session: &mut Session, tokens: &[u32], mode: Mode) -> Result<Vec<f32>, String> {
+    bitnet::eval::teacher_forced_logits(session, tokens, mode).map_err(|e| e.to_string())
 }
 
 /// One prompt's sequence and our logits for it.
@@ -429,13 +434,13 @@ fn judge(
 
 /// Judges the engine against `references[0]`, reporting the others beside it.
 pub fn run(
-    model: &Model,
+    session: &mut Session,
     tok: &Tokenizer,
     references: &mut [Reference],
     info: ModelInfo,
     opts: &Options,
 ) -> Result<Report, String> {
-    let v = model.config.vocab_size;
+    let v = session.model().config.vocab_size;
     let (primary, others) = references
         .split_first_mut()
         .ok_or("crossval needs at least one reference")?;
@@ -446,7 +451,7 @@ pub fn run(
             return Err(format!("prompt {prompt:?} encodes to no tokens"));
         }
         let gen = generate(
-            model,
+            session,
             tok,
             &ids,
             &GenerateOptions {
@@ -465,7 +470,7 @@ pub fn run(
                 "prompt {prompt:?}: a sequence needs at least 2 tokens"
             ));
         }
-        let ours = our_logits(model, &seq, opts.mode)?;
+        let ours = our_logits(session, &seq, opts.mode)?;
         seqs.push(Sequence {
             prompt: prompt.clone(),
             prompt_tokens: ids,
@@ -548,7 +553,7 @@ pub fn run(
         schema_version: "2".into(),
         model: info,
         mode: opts.mode,
-        threads: model.threads,
+        threads: session.threads(),
         near_tie: opts.near_tie,
         reference: primary.name(),
         prompts,

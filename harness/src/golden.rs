@@ -14,6 +14,7 @@ use bitnet::generate::{generate, GenerateOptions};
 use bitnet::gguf::Gguf;
 use bitnet::model::{Model, State};
 use bitnet::sample::SamplerParams;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -66,8 +67,7 @@ impl Snapshot {
 fn load_model(s: &Snapshot, ctx: &Context) -> Result<(Model, Tokenizer, PathBuf), String> {
     let spec = s.model.as_ref().ok_or("this snapshot kind needs a model")?;
     let path = spec.materialize(ctx)?;
-    let mut m = Model::load(&path).map_err(|e| e.to_string())?;
-    m.threads = ctx.threads;
+    let m = Model::load(&path).map_err(|e| e.to_string())?;
     let tok = Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
     Ok((m, tok, path))
 }
@@ -97,6 +97,7 @@ pub fn compute(s: &Snapshot, ctx: &Context) -> Result<Json, String> {
         }
         "greedy" => {
             let (m, tok, _) = load_model(s, ctx)?;
+            let mut session = Session::new(&m).with_threads(ctx.threads);
             let opts = GenerateOptions {
                 max_tokens: s.input_usize("tokens", 32),
                 sampler: SamplerParams::greedy(),
@@ -105,17 +106,24 @@ pub fn compute(s: &Snapshot, ctx: &Context) -> Result<Json, String> {
             };
             let mut out = Vec::new();
             for p in s.prompts() {
-                let g = generate(&m, &tok, &tok.encode(&p, true, false), &opts, &mut |_| true)
-                    .map_err(|e| e.to_string())?;
+                let g = generate(
+                    &mut session,
+                    &tok,
+                    &tok.encode(&p, true, false),
+                    &opts,
+                    &mut |_| true,
+                )
+                .map_err(|e| e.to_string())?;
                 out.push(json!({"prompt": p, "ids": g.tokens, "text": g.text}));
             }
             Ok(Json::Array(out))
         }
         "logits" => {
             let (m, tok, _) = load_model(s, ctx)?;
+            let mut session = Session::new(&m).with_threads(ctx.threads);
             let prompt = s.prompts().remove(0);
             let ids = tok.encode(&prompt, true, false);
-            let logits = m
+            let logits = session
                 .forward(&mut State::new(&m.config), &ids, true)
                 .map_err(|e| e.to_string())?;
             let v = m.config.vocab_size;
@@ -140,6 +148,7 @@ pub fn compute(s: &Snapshot, ctx: &Context) -> Result<Json, String> {
         }
         "receipt" => {
             let (m, tok, path) = load_model(s, ctx)?;
+            let mut session = Session::new(&m).with_threads(ctx.threads);
             let opts = GenerateOptions {
                 max_tokens: s.input_usize("tokens", 16),
                 sampler: SamplerParams {
@@ -152,14 +161,14 @@ pub fn compute(s: &Snapshot, ctx: &Context) -> Result<Json, String> {
             };
             let prompt = s.prompts().remove(0);
             let g = generate(
-                &m,
+                &mut session,
                 &tok,
                 &tok.encode(&prompt, true, false),
                 &opts,
                 &mut |_| true,
             )
             .map_err(|e| e.to_string())?;
-            let r = bitnet::receipt::for_generation(&m, &path, &opts, &prompt, &g, 0.0)
+            let r = bitnet::receipt::for_generation(&session, &path, &opts, &prompt, &g, 0.0)
                 .map_err(|e| e.to_string())?;
             Ok(redact(r.to_json()))
         }

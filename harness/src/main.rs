@@ -195,14 +195,16 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                     .map(str::to_string)
                     .collect(),
             };
-            let mut m = bitnet::model::Model::load(&model).map_err(|e| e.to_string())?;
-            m.threads = threads(t);
+            let m = bitnet::model::Model::load(&model).map_err(|e| e.to_string())?;
+            let mut session = bitnet::session::Session::new(&m).with_threads(threads(t));
             let tok =
                 bitnet::tokenizer::Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
             let ctx = tokens.max(64).min(m.config.context_length);
             let mut references = std::iter::once(reference)
                 .chain(also)
-                .map(|r| crossval::Reference::open(r, &model, fixture.as_deref(), ctx, m.threads))
+                .map(|r| {
+                    crossval::Reference::open(r, &model, fixture.as_deref(), ctx, session.threads())
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let opts = crossval::Options {
                 mode,
@@ -211,7 +213,7 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                 near_tie,
             };
             let r = crossval::run(
-                &m,
+                &mut session,
                 &tok,
                 &mut references,
                 runners::model_info(&m, &model)?,

@@ -8,6 +8,7 @@ use bitnet::model::Model;
 use bitnet::quant::matmul::{KernelStats, Weight};
 use bitnet::quant::{i2s, TensorType};
 use bitnet::sample::Rng;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use bitnet_crossval::RefModel;
 use serde_json::{json, Value as Json};
@@ -105,7 +106,6 @@ pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
     let spec = g.model.as_ref().ok_or("a crossval gate needs a model")?;
     let path = spec.materialize(ctx)?;
     let mut model = Model::load(&path).map_err(|e| e.to_string())?;
-    model.threads = ctx.threads;
     // A load-time option judged against the file as stored (reference "engine-as-stored").
     if let Some(h) = input_str(g, "head") {
         let fmt = h.parse::<bitnet::model::HeadFormat>()?;
@@ -133,7 +133,7 @@ pub fn crossval(g: &Gate, ctx: &Context) -> RunResult {
         opts.tokens = 0;
     }
     let report = crossval::run(
-        &model,
+        &mut Session::new(&model).with_threads(ctx.threads),
         &tok,
         &mut references,
         model_info(&model, &path)?,
@@ -306,9 +306,9 @@ pub fn receipt(g: &Gate, ctx: &Context) -> RunResult {
     let spec = g.model.as_ref().ok_or("a receipt gate needs a model")?;
     let path = spec.materialize(ctx)?;
     let t0 = std::time::Instant::now();
-    let mut model = Model::load(&path).map_err(|e| e.to_string())?;
+    let model = Model::load(&path).map_err(|e| e.to_string())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    model.threads = ctx.threads;
+    let mut session = Session::new(&model).with_threads(ctx.threads);
     let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
     let prompt = input_str(g, "prompt")
         .unwrap_or("Once upon a time")
@@ -328,14 +328,14 @@ pub fn receipt(g: &Gate, ctx: &Context) -> RunResult {
         ignore_eos: false,
     };
     let gen = generate(
-        &model,
+        &mut session,
         &tok,
         &tok.encode(&prompt, true, false),
         &opts,
         &mut |_| true,
     )
     .map_err(|e| e.to_string())?;
-    let r = bitnet::receipt::for_generation(&model, &path, &opts, &prompt, &gen, load_ms)
+    let r = bitnet::receipt::for_generation(&session, &path, &opts, &prompt, &gen, load_ms)
         .map_err(|e| e.to_string())?;
     let dir = ctx.work.join("receipts");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -400,7 +400,7 @@ pub fn bad_input(g: &Gate, ctx: &Context) -> RunResult {
             let m = Model::from_gguf(g)?;
             // A model that still loads must also run a token without panicking.
             let mut st = m.new_state();
-            m.forward(&mut st, &[1], false)?;
+            Session::new(&m).forward(&mut st, &[1], false)?;
             Ok(())
         });
         match outcome {

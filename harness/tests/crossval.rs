@@ -3,6 +3,7 @@
 //! and the report validates against its JSON schema.
 
 use bitnet::model::{Activation, Model};
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use bitnet_validate::crossval::{self, Reference, Report};
 use bitnet_validate::gates::{check_thresholds, Context, GatesFile};
@@ -57,7 +58,6 @@ fn real_gate_thresholds() -> toml::Table {
 fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
     let path = real_model();
     let mut model = Model::load(&path).unwrap();
-    model.threads = 2;
     mutate(&mut model);
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
     // The gate's references: 0.0.5 judged, 2026 held beside it.
@@ -83,7 +83,7 @@ fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
         near_tie: 0.5,
     };
     crossval::run(
-        &model,
+        &mut Session::new(&model).with_threads(2),
         &tok,
         &mut references,
         runners::model_info(&model, &path).unwrap(),
@@ -104,7 +104,6 @@ fn gate_misses_with(id: &str, mutate: impl Fn(&mut Model)) -> Vec<String> {
         spec.materialize(&ctx).unwrap()
     };
     let mut model = Model::load(&path).unwrap();
-    model.threads = 2;
     mutate(&mut model);
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
     let mut references = runners::crossval_references(gate)
@@ -114,7 +113,7 @@ fn gate_misses_with(id: &str, mutate: impl Fn(&mut Model)) -> Vec<String> {
         .collect::<Vec<_>>();
     let opts = runners::crossval_options(gate).unwrap();
     let r = crossval::run(
-        &model,
+        &mut Session::new(&model).with_threads(2),
         &tok,
         &mut references,
         runners::model_info(&model, &path).unwrap(),

@@ -50,8 +50,8 @@ fn receipt_with(weights: &str, head: Option<bitnet::model::HeadFormat>) -> Recei
     if let Some(h) = head {
         model.quantize_head(h).unwrap();
     }
-    model.threads = 2;
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let mut session = bitnet::session::Session::new(&model).with_threads(2);
     let opts = GenerateOptions {
         max_tokens: 24,
         sampler: SamplerParams {
@@ -64,14 +64,14 @@ fn receipt_with(weights: &str, head: Option<bitnet::model::HeadFormat>) -> Recei
     };
     let prompt = "Once upon a time";
     let g = generate(
-        &model,
+        &mut session,
         &tok,
         &tok.encode(prompt, true, false),
         &opts,
         &mut |_| true,
     )
     .unwrap();
-    receipt::for_generation(&model, &path, &opts, prompt, &g, 1.0).unwrap()
+    receipt::for_generation(&session, &path, &opts, prompt, &g, 1.0).unwrap()
 }
 
 fn key() -> (PathBuf, PathBuf, ed25519_dalek::SigningKey) {

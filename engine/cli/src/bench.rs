@@ -10,9 +10,13 @@
 //! the table shows the ratios ours / reference (higher is faster). `--also-2024` adds BitNet.cpp
 //! 0.0.5, linked in this process, as a second column. Throughput is only ever compared as
 //! such ratios taken in one run: absolute times on a shared machine are noise.
+//!
+//! Length: ~750 lines, over the house limit on purpose: options, timing loops, the roofline and
+//! the report table describe one measurement and change together.
 
 use bitnet::error::{Error, Result};
-use bitnet::model::{Model, Seq, State};
+use bitnet::model::{Model, State};
+use bitnet::session::{Seq, Session};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -248,8 +252,8 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
     let widest = *opts.threads.iter().max().expect("checked non-empty");
 
     // Warm-up: pages the weights in and starts the widest worker pool.
-    model.threads = widest;
-    let (_, _, state) = ours_run(&model, &tokens, opts.prefill)?;
+    let mut session = Session::new(&model).with_threads(widest);
+    let (_, _, state) = ours_run(&mut session, &tokens, opts.prefill)?;
     // With --parallel N, N caches of that size are held at once.
     let kv_cache_bytes = (state.kv_cache_bytes() * opts.parallel.max(1)) as u64;
     drop(state);
@@ -270,15 +274,16 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
     let bytes_per_token = bytes_per_token(&model);
     let mut rows = Vec::new();
     for &t in &opts.threads {
-        model.threads = t;
+        // The same session (its buffers grown by the warm-up) at this thread count.
+        session = session.with_threads(t);
         let (mut ours, mut theirs, mut theirs_2024) =
             (Runs::default(), Runs::default(), Runs::default());
         let mut parallel = Vec::new();
         for _ in 0..opts.repeats {
-            let (p, g, _) = ours_run(&model, &tokens, opts.prefill)?;
+            let (p, g, _) = ours_run(&mut session, &tokens, opts.prefill)?;
             ours.push(opts, p, g);
             if opts.parallel > 1 {
-                let g = ours_parallel_run(&model, &tokens, opts.prefill, opts.parallel)?;
+                let g = ours_parallel_run(&mut session, &tokens, opts.prefill, opts.parallel)?;
                 parallel.push(tps(opts.gen * opts.parallel, g));
             }
             if opts.reference {
@@ -370,16 +375,20 @@ pub fn run(path: &Path, opts: &Options) -> Result<Report> {
 }
 
 /// One run of our engine from an empty cache: prefill time, generation time, the state.
-fn ours_run(model: &Model, tokens: &[u32], prefill: usize) -> Result<(Duration, Duration, State)> {
-    let mut state = State::new(&model.config);
+fn ours_run(
+    session: &mut Session,
+    tokens: &[u32],
+    prefill: usize,
+) -> Result<(Duration, Duration, State)> {
+    let mut state = session.model().new_state();
     state.reserve(tokens.len());
     let mut logits = Vec::new();
     let t0 = Instant::now();
-    model.forward_into(&mut state, &tokens[..prefill], false, &mut logits)?;
+    session.forward_into(&mut state, &tokens[..prefill], false, &mut logits)?;
     let p = t0.elapsed();
     let t0 = Instant::now();
     for &tok in &tokens[prefill..] {
-        model.forward_into(&mut state, &[tok], false, &mut logits)?;
+        session.forward_into(&mut state, &[tok], false, &mut logits)?;
     }
     Ok((p, t0.elapsed(), state))
 }
@@ -387,14 +396,14 @@ fn ours_run(model: &Model, tokens: &[u32], prefill: usize) -> Result<(Duration, 
 /// Generation time of `parallel` sequences decoding together, each after its own prefill
 /// (not timed): one batched forward step per generated token.
 fn ours_parallel_run(
-    model: &Model,
+    session: &mut Session,
     tokens: &[u32],
     prefill: usize,
     parallel: usize,
 ) -> Result<Duration> {
-    let mut states: Vec<State> = (0..parallel).map(|_| State::new(&model.config)).collect();
+    let mut states: Vec<State> = (0..parallel).map(|_| session.model().new_state()).collect();
     for s in &mut states {
-        model.forward(s, &tokens[..prefill], false)?;
+        session.forward(s, &tokens[..prefill], false)?;
     }
     let t0 = Instant::now();
     for i in prefill..tokens.len() {
@@ -406,7 +415,7 @@ fn ours_parallel_run(
                 all_logits: false,
             })
             .collect();
-        model.forward_batch(&mut seqs)?;
+        session.forward_batch(&mut seqs)?;
     }
     Ok(t0.elapsed())
 }

@@ -8,6 +8,7 @@
 //! is `bitnet-server`'s, and [`bench`] times both against BitNet.cpp (feature `reference`).
 
 pub mod bench;
+mod inspect;
 
 use bitnet::convert::{self, synth, FloatFormat, WeightFormat};
 use bitnet::error::{Error, Result};
@@ -16,6 +17,7 @@ use bitnet::generate::{generate, GenerateOptions};
 use bitnet::gguf::Gguf;
 use bitnet::model::{HeadFormat, Model};
 use bitnet::sample::SamplerParams;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -271,12 +273,14 @@ pub fn exit_code(e: &Error) -> i32 {
     }
 }
 
+/// The model, its tokenizer, and the thread count to run it with (`--threads`, else the
+/// default).
 fn load(
     path: &Path,
     threads: Option<usize>,
     pre: Option<&str>,
     head: Option<HeadFormat>,
-) -> Result<(Model, Tokenizer)> {
+) -> Result<(Model, Tokenizer, usize)> {
     let file = Arc::new(Gguf::open(path)?);
     let tok = Tokenizer::from_gguf_with(&file, pre)?;
     if let Some(note) = tok.pre_note() {
@@ -286,13 +290,10 @@ fn load(
     if let Some(h) = head {
         model.quantize_head(h)?;
     }
-    if let Some(t) = threads {
-        if t == 0 {
-            return Err(Error::Usage("--threads must be at least 1".into()));
-        }
-        model.threads = t;
+    if threads == Some(0) {
+        return Err(Error::Usage("--threads must be at least 1".into()));
     }
-    Ok((model, tok))
+    Ok((model, tok, threads.unwrap_or(bitnet::env::get().threads)))
 }
 
 fn progress_bar(len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -355,7 +356,7 @@ fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result
             model,
             gguf_only,
             full,
-        } => inspect(&model, gguf_only, full, pre),
+        } => inspect::inspect(&model, gguf_only, full, pre),
         Command::Tokenize {
             model,
             text,
@@ -384,8 +385,9 @@ fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result
             mode,
             threads,
         } => {
-            let (m, _) = load(&model, threads, pre, head)?;
-            let logits = teacher_forced_logits(&m, &tokens, mode)?;
+            let (m, _, threads) = load(&model, threads, pre, head)?;
+            let mut session = Session::new(&m).with_threads(threads);
+            let logits = teacher_forced_logits(&mut session, &tokens, mode)?;
             write_logits(&output, tokens.len(), m.config.vocab_size, &logits)
         }
         Command::Perplexity {
@@ -394,11 +396,12 @@ fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result
             ctx,
             threads,
         } => {
-            let (m, tok) = load(&model, threads, pre, head)?;
+            let (m, tok, threads) = load(&model, threads, pre, head)?;
+            let mut session = Session::new(&m).with_threads(threads);
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Error::io(file.display().to_string(), e))?;
             let ids = tok.encode(&text, true, false);
-            let (nll, n) = perplexity(&m, &ids, ctx.unwrap_or(m.config.context_length))?;
+            let (nll, n) = perplexity(&mut session, &ids, ctx.unwrap_or(m.config.context_length))?;
             println!("tokens evaluated: {n}");
             println!("mean NLL: {nll:.4}");
             println!("perplexity: {:.4}", nll.exp());
@@ -512,7 +515,8 @@ fn run(a: RunArgs, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
         None => None,
     };
     let t_load = std::time::Instant::now();
-    let (model, tok) = load(&a.model, a.threads, pre, head)?;
+    let (model, tok, threads) = load(&a.model, a.threads, pre, head)?;
+    let mut session = Session::new(&model).with_threads(threads);
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let sampler = SamplerParams {
         temperature: a.temperature,
@@ -543,14 +547,14 @@ fn run(a: RunArgs, pre: Option<&str>, head: Option<HeadFormat>) -> Result<()> {
         let _ = out.flush();
     }
     let mut write_failed = false;
-    let g = generate(&model, &tok, &prompt, &opts, &mut |piece| {
+    let g = generate(&mut session, &tok, &prompt, &opts, &mut |piece| {
         write_failed = write!(out, "{piece}").and_then(|_| out.flush()).is_err();
         !write_failed
     })?;
     let _ = writeln!(out);
     if let Some(path) = &a.receipt {
         let mut r =
-            bitnet::receipt::for_generation(&model, &a.model, &opts, &a.prompt, &g, load_ms)
+            bitnet::receipt::for_generation(&session, &a.model, &opts, &a.prompt, &g, load_ms)
                 .map_err(|e| Error::io(a.model.display().to_string(), e))?;
         if let Some(k) = &signing_key {
             r.sign(k);
@@ -583,100 +587,4 @@ fn write_logits(path: &Path, n: usize, vocab: usize, logits: &[f32]) -> Result<(
         buf.extend_from_slice(&v.to_le_bytes());
     }
     std::fs::write(path, buf).map_err(|e| Error::io(path.display().to_string(), e))
-}
-
-fn inspect(path: &Path, gguf_only: bool, full: bool, pre: Option<&str>) -> Result<()> {
-    let g = Arc::new(Gguf::open(path)?);
-    let size = g.bytes().len();
-    println!(
-        "file: {} ({size} bytes), GGUF v{}, alignment {}",
-        path.display(),
-        g.version,
-        g.alignment
-    );
-    println!("metadata ({} keys):", g.metadata().len());
-    for (k, v) in g.metadata() {
-        match v {
-            bitnet::gguf::Value::Array(_, items) if full => {
-                println!(
-                    "  {k} = [{}]",
-                    items
-                        .iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-            _ => println!("  {k} = {v}"),
-        }
-    }
-    println!("tensors ({}):", g.tensors().len());
-    println!(
-        "  {:<32} {:<6} {:>22} {:>12} {:>12}",
-        "name", "type", "shape", "offset", "bytes"
-    );
-    for t in g.tensors() {
-        let shape = format!("{:?}", t.dims);
-        println!(
-            "  {:<32} {:<6} {:>22} {:>12} {:>12}",
-            t.name,
-            t.ty.name(),
-            shape,
-            t.offset,
-            t.size
-        );
-    }
-    if gguf_only {
-        println!("verdict: valid GGUF container");
-        return Ok(());
-    }
-    let tok = Tokenizer::from_gguf_with(&g, pre)?;
-    let g_template = g.get_str("tokenizer.chat_template")?.map(str::to_string);
-    let model = Model::from_gguf(g)?;
-    let c = &model.config;
-    // What was inferred rather than read, and why.
-    match tok.pre_tokenizer() {
-        Some((p, bitnet::tokenizer::PreSource::Key)) => {
-            println!("pre-tokenizer: {p} (tokenizer.ggml.pre)")
-        }
-        Some((p, bitnet::tokenizer::PreSource::Override)) => {
-            println!("pre-tokenizer: {p} (--tokenizer-pre)")
-        }
-        Some((p, bitnet::tokenizer::PreSource::Fingerprint(fp))) => println!(
-            "pre-tokenizer: {p} (inferred: the file has no tokenizer.ggml.pre; the vocabulary's fingerprint {fp} is a known {p} vocabulary)"
-        ),
-        None => {}
-    }
-    let template = g_template.as_deref();
-    println!(
-        "chat template: {}",
-        match template {
-            Some(t) if bitnet_server::chat::is_bitnet_placeholder(t) => "BitNet's converter placeholder (Human:/BITNETAssistant:), not the trained format: `bitnet serve` uses the built-in `bitnet` (Role: content<|eot_id|> turns) instead",
-            Some(_) => "the file's tokenizer.chat_template (Jinja)",
-            None => "none in the file (`bitnet serve` defaults to chatml)",
-        }
-    );
-    println!(
-        "output head: {}",
-        if model.tied_output {
-            "tied to token_embd (the file has no output.weight)"
-        } else {
-            "output.weight"
-        }
-    );
-    println!(
-        "verdict: loadable {} model: {} layers, hidden {}, heads {}/{} kv, FFN {} ({}), vocab {} ({} tokenizer), context {}, {} output",
-        c.arch,
-        c.n_layers,
-        c.dim,
-        c.n_heads,
-        c.n_kv_heads,
-        c.hidden_dim,
-        c.activation.name(),
-        c.vocab_size,
-        tok.kind(),
-        c.context_length,
-        if model.tied_output { "tied" } else { "separate" }
-    );
-    Ok(())
 }

@@ -31,9 +31,12 @@ fn logits_file_has_the_documented_layout_and_seq_equals_batch() {
     );
     // And equal to the library's own teacher-forced logits.
     let m = bitnet::model::Model::load(&model).unwrap();
-    let lib =
-        bitnet::eval::teacher_forced_logits(&m, &[1, 403, 407, 261, 378], bitnet::eval::Mode::Seq)
-            .unwrap();
+    let lib = bitnet::eval::teacher_forced_logits(
+        &mut bitnet::session::Session::new(&m),
+        &[1, 403, 407, 261, 378],
+        bitnet::eval::Mode::Seq,
+    )
+    .unwrap();
     assert_eq!(&lib, seq);
 }
 

@@ -74,7 +74,12 @@ fn check(dir: &Path, weights: WeightFormat) -> String {
         "{name}: tokenization"
     );
     let m = Model::load(&out).unwrap();
-    let ours = bitnet::eval::teacher_forced_logits(&m, &ids, bitnet::eval::Mode::Seq).unwrap();
+    let ours = bitnet::eval::teacher_forced_logits(
+        &mut bitnet::session::Session::new(&m),
+        &ids,
+        bitnet::eval::Mode::Seq,
+    )
+    .unwrap();
     let (n, v, want) = read_logits(&dir.join("logits_f32.bin"));
     assert_eq!((n, v), (ids.len(), m.config.vocab_size), "{name}: shape");
     let (mut min_cos, mut max_abs, mut decisive, mut agree) = (1f64, 0f32, 0, 0);

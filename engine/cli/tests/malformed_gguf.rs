@@ -411,7 +411,9 @@ fn a_huge_declared_context_allocates_only_what_is_used() {
     let m = Model::from_gguf(Arc::new(Gguf::from_bytes(bytes).unwrap())).unwrap();
     assert_eq!(m.config.context_length, 1 << 24);
     let mut st = m.new_state();
-    let logits = m.forward(&mut st, &[1, 3, 3], true).unwrap();
+    let logits = bitnet::session::Session::new(&m)
+        .forward(&mut st, &[1, 3, 3], true)
+        .unwrap();
     assert_eq!(logits.len(), 3 * VOCAB);
 }
 

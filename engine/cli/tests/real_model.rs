@@ -10,6 +10,7 @@ mod common;
 
 use bitnet::eval::{teacher_forced_logits, Mode};
 use bitnet::model::Model;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use common::*;
 
@@ -254,15 +255,15 @@ fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
 fn compare_with_reference(weights: &str, tolerance: f64) {
     let ck = reference::load(&std::fs::read(shared("models/bitllama2c-3m/model.bin")).unwrap());
     let path = converted(weights, "f32");
-    let mut model = Model::load(&path).unwrap();
-    model.threads = 2;
+    let model = Model::load(&path).unwrap();
+    let mut session = Session::new(&model).with_threads(2);
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
     let tokens = tok.encode(&expected_greedy_text(), true, false);
     assert!(tokens.len() >= 100, "only {} tokens", tokens.len());
     let want = reference::forward_all(&ck, &tokens);
     let v = ck.vocab;
     for mode in [Mode::Seq, Mode::Batch] {
-        let got = teacher_forced_logits(&model, &tokens, mode).unwrap();
+        let got = teacher_forced_logits(&mut session, &tokens, mode).unwrap();
         let mut max_d = 0f64;
         let mut top1 = 0;
         for (p, want) in want.iter().enumerate() {
@@ -382,7 +383,7 @@ fn generating_from_an_empty_prompt_is_an_error() {
         stop: vec![],
         ignore_eos: false,
     };
-    let r = bitnet::generate::generate(&model, &tok, &[], &opts, &mut |_| true);
+    let r = bitnet::generate::generate(&mut Session::new(&model), &tok, &[], &opts, &mut |_| true);
     assert!(
         matches!(r, Err(bitnet::model::ModelError::EmptyPrompt)),
         "{:?}",
@@ -394,8 +395,9 @@ fn generating_from_an_empty_prompt_is_an_error() {
 /// different positions) into one forward pass; each must get exactly the logits it gets alone.
 #[test]
 fn batched_sequences_get_the_logits_they_get_alone() {
-    use bitnet::model::Seq;
+    use bitnet::session::Seq;
     let model = Model::load(converted("i2_s", "f32")).unwrap();
+    let mut session = Session::new(&model);
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
     let prompts = [
         "Once upon a time",
@@ -407,9 +409,9 @@ fn batched_sequences_get_the_logits_they_get_alone() {
     let mut alone = Vec::new();
     for p in &ids {
         let mut st = model.new_state();
-        let a = model.forward(&mut st, p, true).unwrap();
-        let b = model.forward(&mut st, &[42], false).unwrap();
-        let c = model.forward(&mut st, &[7], false).unwrap();
+        let a = session.forward(&mut st, p, true).unwrap();
+        let b = session.forward(&mut st, &[42], false).unwrap();
+        let c = session.forward(&mut st, &[7], false).unwrap();
         alone.push((a, b, c));
     }
     // Together: prompts 0 and 1 in one step; then 0 and 1 decode while 2 prefills; then all
@@ -418,7 +420,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
     let [s0, s1, s2] = &mut states[..] else {
         unreachable!()
     };
-    let step1 = model
+    let step1 = session
         .forward_batch(&mut [
             Seq {
                 state: s0,
@@ -432,7 +434,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
             },
         ])
         .unwrap();
-    let step2 = model
+    let step2 = session
         .forward_batch(&mut [
             Seq {
                 state: s2,
@@ -451,7 +453,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
             },
         ])
         .unwrap();
-    let step3 = model
+    let step3 = session
         .forward_batch(&mut [
             Seq {
                 state: s1,
@@ -483,7 +485,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
     let [s0, s1, _] = &mut states[..] else {
         unreachable!()
     };
-    let bad = model.forward_batch(&mut [
+    let bad = session.forward_batch(&mut [
         Seq {
             state: s0,
             tokens: &[1],
@@ -506,15 +508,15 @@ fn batched_sequences_get_the_logits_they_get_alone() {
 /// enough): the logits are the bits of one token at a time, on one thread or two.
 #[test]
 fn a_prompt_on_two_threads_gives_the_bits_of_one_token_at_a_time() {
-    let mut model = Model::load(converted("i2_s", "f32")).unwrap();
+    let model = Model::load(converted("i2_s", "f32")).unwrap();
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
     let tokens = tok.encode(&expected_greedy_text(), true, false);
     let tokens = &tokens[..40];
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    model.threads = 1;
-    let seq = bits(teacher_forced_logits(&model, tokens, Mode::Seq).unwrap());
-    model.threads = 2;
-    let batch = bits(teacher_forced_logits(&model, tokens, Mode::Batch).unwrap());
+    let mut one = Session::new(&model).with_threads(1);
+    let seq = bits(teacher_forced_logits(&mut one, tokens, Mode::Seq).unwrap());
+    let mut two = Session::new(&model).with_threads(2);
+    let batch = bits(teacher_forced_logits(&mut two, tokens, Mode::Batch).unwrap());
     assert_eq!(seq.len(), batch.len());
     assert!(
         seq == batch,
@@ -528,22 +530,23 @@ fn a_prompt_on_two_threads_gives_the_bits_of_one_token_at_a_time() {
 #[test]
 fn tl2_model_gives_the_bits_of_the_i2s_model() {
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    let mut i2s = Model::load(converted("i2_s", "f32")).unwrap();
-    let mut tl2 = Model::load(converted("tl2", "f32")).unwrap();
+    let i2s = Model::load(converted("i2_s", "f32")).unwrap();
+    let tl2 = Model::load(converted("tl2", "f32")).unwrap();
     let tokens: Vec<u32> = (0..64).map(|i| (i * 37 + 5) % 500 + 3).collect();
+    let mut tl2_session = Session::new(&tl2);
     for threads in [1, 2] {
-        i2s.threads = threads;
-        tl2.threads = threads;
+        let mut i2s_session = Session::new(&i2s).with_threads(threads);
+        tl2_session = tl2_session.with_threads(threads);
         for mode in [Mode::Batch, Mode::Seq] {
-            let want = bits(teacher_forced_logits(&i2s, &tokens, mode).unwrap());
-            let got = bits(teacher_forced_logits(&tl2, &tokens, mode).unwrap());
+            let want = bits(teacher_forced_logits(&mut i2s_session, &tokens, mode).unwrap());
+            let got = bits(teacher_forced_logits(&mut tl2_session, &tokens, mode).unwrap());
             assert!(
                 got == want,
                 "{mode:?}, {threads} threads: TL2 logits differ"
             );
         }
     }
-    let k = tl2.stats.snapshot();
+    let k = tl2_session.stats().snapshot();
     assert!(
         k.contains_key("tl2_gemm_avx2") || k.contains_key("tl2_gemm_scalar"),
         "{k:?}"

@@ -1,6 +1,9 @@
 //! `bitnet serve` over real HTTP on loopback: every route, SSE framing, error bodies, overload
 //! answers, cancellation, deadlines, batching invariance and the SIGTERM drain. The client is
 //! a few lines of HTTP/1.1 over a TcpStream, so the tests see the exact bytes on the wire.
+//!
+//! Length: a long test file on purpose: one server per scenario, every scenario on the same
+//! hand-written HTTP client.
 
 #[path = "../../core/tests/common/mod.rs"]
 mod common;

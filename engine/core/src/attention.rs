@@ -7,7 +7,39 @@
 //! Decode steps of several sequences share every weight read, but each sequence attends over
 //! its own cache, so this is the part of a batched step that does not shrink per token.
 
+use crate::pool::SendPtr;
 use crate::quant::matmul::Isa;
+
+/// Attention of `n` rows whose keys and values are all in their caches: `attend(r, scores,
+/// out_row)` writes row `r`'s `width` outputs. Rows attend independently, so a prompt's rows
+/// are spread over `threads` (each row computed the same way wherever it runs, with scratch
+/// scores of its task's own); a few decode rows run here, with `scores` as scratch.
+pub fn rows(
+    n: usize,
+    width: usize,
+    threads: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+    attend: impl Fn(usize, &mut Vec<f32>, &mut [f32]) + Sync,
+) {
+    if threads > 1 && n >= 8 {
+        let out = SendPtr(out.as_mut_ptr());
+        let chunk = n.div_ceil(threads * 4);
+        crate::pool::get(threads).run(n.div_ceil(chunk), &|c| {
+            let mut scores = Vec::new();
+            for r in c * chunk..n.min((c + 1) * chunk) {
+                // SAFETY: row r of `out` is written by this task only, and `out` outlives the
+                // run.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.offset(r * width), width) };
+                attend(r, &mut scores, o);
+            }
+        });
+    } else {
+        for (r, o) in out.chunks_exact_mut(width).enumerate().take(n) {
+            attend(r, scores, o);
+        }
+    }
+}
 
 /// The cache of one layer as [`head`] reads it: position `p`'s key for this head is
 /// `keys[p * stride + offset..][..q.len()]`, likewise its value.

@@ -3,7 +3,8 @@
 //! `bitnet perplexity`, the crossval gates and the tests.
 
 use crate::error::{Error, Result};
-use crate::model::{Model, State};
+use crate::model::State;
+use crate::session::Session;
 
 /// How a token sequence is fed to the model.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -39,14 +40,19 @@ impl std::str::FromStr for Mode {
 }
 
 /// Logits of every position of `tokens`, evaluated one at a time (`Seq`) or as one batch.
-pub fn teacher_forced_logits(model: &Model, tokens: &[u32], mode: Mode) -> Result<Vec<f32>> {
+pub fn teacher_forced_logits(
+    session: &mut Session,
+    tokens: &[u32],
+    mode: Mode,
+) -> Result<Vec<f32>> {
+    let model = session.model();
     let mut state = State::new(&model.config);
     match mode {
-        Mode::Batch => Ok(model.forward(&mut state, tokens, true)?),
+        Mode::Batch => Ok(session.forward(&mut state, tokens, true)?),
         Mode::Seq => {
             let mut all = Vec::with_capacity(tokens.len() * model.config.vocab_size);
             for &t in tokens {
-                all.extend(model.forward(&mut state, &[t], true)?);
+                all.extend(session.forward(&mut state, &[t], true)?);
             }
             Ok(all)
         }
@@ -55,7 +61,8 @@ pub fn teacher_forced_logits(model: &Model, tokens: &[u32], mode: Mode) -> Resul
 
 /// Mean NLL of predicting tokens[1..] from their prefixes, in windows of `ctx` tokens that
 /// each start fresh (the first token of a window is context only). Returns (mean NLL, count).
-pub fn perplexity(model: &Model, ids: &[u32], ctx: usize) -> Result<(f64, usize)> {
+pub fn perplexity(session: &mut Session, ids: &[u32], ctx: usize) -> Result<(f64, usize)> {
+    let model = session.model();
     if ctx < 2 || ctx > model.config.context_length {
         return Err(Error::Usage(format!(
             "window {ctx} must be in 2..={}",
@@ -69,7 +76,7 @@ pub fn perplexity(model: &Model, ids: &[u32], ctx: usize) -> Result<(f64, usize)
             continue;
         }
         let mut state = State::new(&model.config);
-        let logits = model.forward(&mut state, window, true)?;
+        let logits = session.forward(&mut state, window, true)?;
         for (t, &next) in window.iter().enumerate().skip(1) {
             total += nll(&logits[(t - 1) * v..t * v], next);
             count += 1;

@@ -2,8 +2,9 @@
 //! streaming UTF-8 text as it becomes complete and stopping at EOS, a stop string, the token
 //! limit or the end of the context.
 
-use crate::model::{Model, ModelError, State};
+use crate::model::{ModelError, State};
 use crate::sample::{Sampler, SamplerParams};
+use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 
@@ -212,7 +213,7 @@ impl Decoder {
 /// Generates after `prompt` (token ids, BOS included if wanted). `on_text` receives each
 /// finished piece of text and returns false to stop.
 pub fn generate(
-    model: &Model,
+    session: &mut Session,
     tok: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
@@ -221,6 +222,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(ModelError::EmptyPrompt);
     }
+    let model = session.model();
     let ctx = model.config.context_length;
     let mut state = State::new(&model.config);
     // Room for the whole generation up front: the decode steps then allocate nothing.
@@ -229,7 +231,7 @@ pub fn generate(
     let mut text = String::new();
     let t0 = Instant::now();
     let mut logits = Vec::new();
-    model.forward_into(&mut state, prompt, false, &mut logits)?;
+    session.forward_into(&mut state, prompt, false, &mut logits)?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
     let mut decode_steps = 0;
@@ -241,7 +243,7 @@ pub fn generate(
             Next::Done(stop) => break stop,
             Next::Token(_) if !keep_going => break StopReason::Cancelled,
             Next::Token(t) => {
-                model.forward_into(&mut state, &[t], false, &mut logits)?;
+                session.forward_into(&mut state, &[t], false, &mut logits)?;
                 decode_steps += 1;
             }
         }

@@ -7,18 +7,16 @@
 //! The FFN activation comes from `<arch>.hidden_activation` ("silu" default; "relu2" is the
 //! 2B-4T release's squared ReLU, and arch `bitnet-b1.58` defaults to it).
 //!
-//! [`Model::forward_batch`] evaluates several sequences in one pass (continuous batching);
-//! [`Model::forward`] is its one-sequence case: any number of consecutive tokens (one = decode,
-//! many = prompt batch), appending to the KV cache in [`State`].
+//! A [`Model`] is the weights and the hyper-parameters, immutable once loaded and shareable
+//! between threads; a [`crate::session::Session`] runs it (threads, instruction set, buffers,
+//! kernel counters). [`State`] is one sequence's KV cache and position.
 
 use crate::attention;
 use crate::gguf::{Gguf, GgufError};
-use crate::pool::SendPtr;
-use crate::quant::matmul::{Input, InputBuffers, Isa, KernelStats, Weight};
+use crate::quant::matmul::Weight;
 use crate::quant::FormatError;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -101,7 +99,7 @@ impl Activation {
         }
     }
     #[inline]
-    fn apply(self, x: f32) -> f32 {
+    pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Silu => x / (1.0 + (-x).exp()),
             Activation::Relu2 => {
@@ -271,37 +269,6 @@ pub struct Model {
     /// `output.weight`, or `token_embd` when tied.
     pub output: Weight,
     pub tied_output: bool,
-    pub threads: usize,
-    pub stats: KernelStats,
-    /// The forward pass's buffers, kept between calls.
-    work: Mutex<Workspace>,
-}
-
-/// Every buffer of a forward pass, kept so that a decode step allocates nothing once they have
-/// grown to size (a prompt spread over threads still gives each task its own scores).
-#[derive(Default)]
-struct Workspace {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att_out: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    logits: Vec<f32>,
-    scores: Vec<f32>,
-    rows: Vec<(usize, usize)>,
-    wanted: Vec<usize>,
-    input: InputBuffers,
-}
-
-/// `v` as `n` zeros, reusing its allocation.
-fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.clear();
-    v.resize(n, 0.0);
-    v
 }
 
 impl Model {
@@ -363,9 +330,6 @@ impl Model {
             output_norm,
             output,
             tied_output,
-            threads: crate::env::get().threads,
-            stats: KernelStats::default(),
-            work: Mutex::default(),
             file,
         })
     }
@@ -414,249 +378,6 @@ impl Model {
     pub fn new_state(&self) -> State {
         State::new(&self.config)
     }
-
-    /// Evaluates `tokens` at positions `state.pos ..`, appends them to the KV cache and returns
-    /// the logits of every position (`tokens.len() * vocab`) or only the last (`vocab`).
-    pub fn forward(
-        &self,
-        state: &mut State,
-        tokens: &[u32],
-        all_logits: bool,
-    ) -> Result<Vec<f32>, ModelError> {
-        let mut out = Vec::new();
-        self.forward_into(state, tokens, all_logits, &mut out)?;
-        Ok(out)
-    }
-
-    /// [`Model::forward`] into `out` (cleared first): with a state that has
-    /// [`State::reserve`]d its positions, a decode step allocates nothing.
-    pub fn forward_into(
-        &self,
-        state: &mut State,
-        tokens: &[u32],
-        all_logits: bool,
-        out: &mut Vec<f32>,
-    ) -> Result<(), ModelError> {
-        out.clear();
-        let mut seqs = [Seq {
-            state,
-            tokens,
-            all_logits,
-        }];
-        self.forward_each(&mut seqs, &mut |_, logits| out.extend_from_slice(logits))
-    }
-
-    /// The forward pass. Evaluates several sequences in one pass: their tokens are stacked
-    /// into one activation matrix, so every weight matrix is read once per step for all of
-    /// them (continuous batching shares decode steps this way; a prompt is the one-sequence
-    /// case). Attention reads each sequence's own KV cache. Each row is computed exactly as
-    /// it would be alone, so results do not depend on what else is in the batch.
-    ///
-    /// Returns, per sequence, the logits of every one of its tokens or of its last one
-    /// (nothing for a sequence with no tokens). Nothing is evaluated if any sequence is
-    /// invalid.
-    pub fn forward_batch(&self, seqs: &mut [Seq<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = vec![Vec::new(); seqs.len()];
-        self.forward_each(seqs, &mut |i, logits| out[i].extend_from_slice(logits))?;
-        Ok(out)
-    }
-
-    /// The forward pass itself: hands each wanted logits row to `emit(sequence, row)`, in order.
-    fn forward_each(
-        &self,
-        seqs: &mut [Seq<'_>],
-        emit: &mut dyn FnMut(usize, &[f32]),
-    ) -> Result<(), ModelError> {
-        let c = &self.config;
-        for s in seqs.iter() {
-            let n = s.tokens.len();
-            if s.state.pos + n > c.context_length {
-                return Err(ModelError::ContextFull {
-                    pos: s.state.pos,
-                    n,
-                    ctx: c.context_length,
-                });
-            }
-            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: c.vocab_size,
-                });
-            }
-        }
-        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
-        let Workspace {
-            x,
-            h,
-            q,
-            k,
-            v,
-            att_out,
-            o,
-            gate,
-            up,
-            logits,
-            scores,
-            rows,
-            wanted,
-            input: buffers,
-        } = &mut *work;
-        // Row r of every activation matrix is token `rows[r].1` of sequence `rows[r].0`.
-        rows.clear();
-        for (i, s) in seqs.iter().enumerate() {
-            rows.extend((0..s.tokens.len()).map(|t| (i, t)));
-        }
-        let rows = &rows[..];
-        let n = rows.len();
-        if n == 0 {
-            return Ok(());
-        }
-        // Attention scores for as many positions as any sequence has reserved (or uses).
-        let positions = seqs
-            .iter()
-            .map(|s| s.state.reserved.max(s.state.pos + s.tokens.len()))
-            .max()
-            .unwrap_or(0);
-        scores.reserve(positions.saturating_sub(scores.len()));
-        let (dim, ff, q_dim, kv_dim, hd) = (c.dim, c.hidden_dim, c.q_dim(), c.kv_dim(), c.head_dim);
-        let (th, st) = (self.threads, &self.stats);
-        let isa = Isa::detect();
-        for s in seqs.iter_mut() {
-            let end = s.state.pos + s.tokens.len();
-            if end > 0 {
-                s.state.rope.ensure(end - 1);
-            }
-        }
-
-        // Residual stream, one row per token.
-        let x = zeroed(x, n * dim);
-        for (r, &(i, t)) in rows.iter().enumerate() {
-            let tok = seqs[i].tokens[t] as usize;
-            self.token_embd
-                .dequantize_row(tok, &mut x[r * dim..(r + 1) * dim]);
-        }
-        let h = zeroed(h, n * dim);
-        let q = zeroed(q, n * q_dim);
-        let k = zeroed(k, n * kv_dim);
-        let v = zeroed(v, n * kv_dim);
-        let att_out = zeroed(att_out, n * q_dim);
-        let o = zeroed(o, n * dim);
-        let gate = zeroed(gate, n * ff);
-        let up = zeroed(up, n * ff);
-        // Products that share an input quantize it once, into the kept buffers.
-        let mut products = |x: &[f32], outs: &mut [(&Weight, &mut [f32])]| {
-            let input = Input::reusing(x, n, std::mem::take(buffers));
-            Weight::matmul_group(isa, &input, outs, th, st);
-            *buffers = input.into_buffers();
-        };
-
-        for (l, w) in self.layers.iter().enumerate() {
-            // Attention block.
-            rmsnorm_rows(h, x, &w.attn_norm, c.norm_eps);
-            products(
-                h,
-                &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
-            );
-            for (r, &(i, t)) in rows.iter().enumerate() {
-                let state = &mut *seqs[i].state;
-                let pos = state.pos + t;
-                for head in q[r * q_dim..(r + 1) * q_dim].chunks_exact_mut(hd) {
-                    rope_neox(head, pos, c.rope_dim, &state.rope);
-                }
-                for head in k[r * kv_dim..(r + 1) * kv_dim].chunks_exact_mut(hd) {
-                    rope_neox(head, pos, c.rope_dim, &state.rope);
-                }
-                state
-                    .kv_row(l, pos, true)
-                    .copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
-                state
-                    .kv_row(l, pos, false)
-                    .copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
-            }
-            // Every row's key and value are cached now, so rows attend independently: a
-            // prompt's rows are spread over the threads (each row computed the same way
-            // wherever it runs), a few decode rows run here.
-            let attend = |r: usize, scores: &mut Vec<f32>, out: &mut [f32]| {
-                let (i, t) = rows[r];
-                let state = &*seqs[i].state;
-                state.attention(
-                    l,
-                    state.pos + t,
-                    &q[r * q_dim..(r + 1) * q_dim],
-                    out,
-                    scores,
-                );
-            };
-            if th > 1 && n >= 8 {
-                let out = SendPtr(att_out.as_mut_ptr());
-                let chunk = n.div_ceil(th * 4);
-                crate::pool::get(th).run(n.div_ceil(chunk), &|c| {
-                    let mut scores = Vec::new();
-                    for r in c * chunk..n.min((c + 1) * chunk) {
-                        // SAFETY: row r of att_out is written by this task only, and att_out
-                        // outlives the run.
-                        let o =
-                            unsafe { std::slice::from_raw_parts_mut(out.offset(r * q_dim), q_dim) };
-                        attend(r, &mut scores, o);
-                    }
-                });
-            } else {
-                for (r, o) in att_out.chunks_exact_mut(q_dim).enumerate() {
-                    attend(r, scores, o);
-                }
-            }
-            let sub = &mut *q; // reuse: normalised attention output
-            rmsnorm_rows(sub, att_out, &w.attn_sub_norm, c.norm_eps);
-            products(sub, &mut [(&w.wo, &mut *o)]);
-            add_into(x, o);
-
-            // Feed-forward block.
-            rmsnorm_rows(h, x, &w.ffn_norm, c.norm_eps);
-            products(h, &mut [(&w.w_gate, &mut *gate), (&w.w_up, &mut *up)]);
-            for (g, u) in gate.iter_mut().zip(up.iter()) {
-                *g = c.activation.apply(*g) * u;
-            }
-            rmsnorm_rows(up, gate, &w.ffn_sub_norm, c.norm_eps);
-            products(up, &mut [(&w.w_down, &mut *o)]);
-            add_into(x, o);
-        }
-
-        // Output: only the rows whose logits are wanted, in one product.
-        wanted.clear();
-        wanted.extend((0..n).filter(|&r| {
-            let (i, t) = rows[r];
-            seqs[i].all_logits || t + 1 == seqs[i].tokens.len()
-        }));
-        let m = wanted.len();
-        for (j, &r) in wanted.iter().enumerate() {
-            rmsnorm_rows(
-                &mut h[j * dim..(j + 1) * dim],
-                &x[r * dim..(r + 1) * dim],
-                &self.output_norm,
-                c.norm_eps,
-            );
-        }
-        let vocab = c.vocab_size;
-        let logits = zeroed(logits, m * vocab);
-        let input = Input::reusing(&h[..m * dim], m, std::mem::take(buffers));
-        self.output.matmul_input(isa, &input, logits, th, st);
-        *buffers = input.into_buffers();
-        for (j, &r) in wanted.iter().enumerate() {
-            emit(rows[r].0, &logits[j * vocab..(j + 1) * vocab]);
-        }
-        for s in seqs.iter_mut() {
-            s.state.pos += s.tokens.len();
-        }
-        Ok(())
-    }
-}
-
-/// One sequence's share of a [`Model::forward_batch`] step: its state, the tokens to append,
-/// and whether the logits of all of them are wanted or only the last one's.
-pub struct Seq<'a> {
-    pub state: &'a mut State,
-    pub tokens: &'a [u32],
-    pub all_logits: bool,
 }
 
 /// A tensor that must exist with exactly `dims`, viewed as a matrix (1-D = one row).
@@ -704,14 +425,14 @@ pub fn rmsnorm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
-fn add_into(x: &mut [f32], y: &[f32]) {
+pub(crate) fn add_into(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
 }
 
 /// NEOX RoPE on one head: rotates the pairs (i, i + rope_dim/2).
-fn rope_neox(head: &mut [f32], pos: usize, rope_dim: usize, table: &RopeTable) {
+pub(crate) fn rope_neox(head: &mut [f32], pos: usize, rope_dim: usize, table: &RopeTable) {
     let half = rope_dim / 2;
     let (cos, sin) = table.at(pos);
     for i in 0..half {
@@ -723,7 +444,7 @@ fn rope_neox(head: &mut [f32], pos: usize, rope_dim: usize, table: &RopeTable) {
 
 /// cos/sin of pos * theta^(-2i/rope_dim), computed in f64 once per position and kept; the
 /// table grows with the positions actually used.
-struct RopeTable {
+pub(crate) struct RopeTable {
     half: usize,
     theta: f64,
     dim: usize,
@@ -741,7 +462,7 @@ impl RopeTable {
             sin: Vec::new(),
         }
     }
-    fn ensure(&mut self, pos: usize) {
+    pub(crate) fn ensure(&mut self, pos: usize) {
         while self.cos.len() < (pos + 1) * self.half {
             let p = self.cos.len() / self.half.max(1);
             for i in 0..self.half {
@@ -770,9 +491,9 @@ pub struct State {
     head_dim: usize,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
-    rope: RopeTable,
+    pub(crate) rope: RopeTable,
     /// Positions made room for by [`State::reserve`].
-    reserved: usize,
+    pub(crate) reserved: usize,
 }
 
 impl State {
@@ -817,7 +538,7 @@ impl State {
         self.pos = self.pos.min(pos);
     }
 
-    fn kv_row(&mut self, layer: usize, pos: usize, key: bool) -> &mut [f32] {
+    pub(crate) fn kv_row(&mut self, layer: usize, pos: usize, key: bool) -> &mut [f32] {
         let buf = if key {
             &mut self.keys[layer]
         } else {
@@ -832,7 +553,7 @@ impl State {
 
     /// Causal attention of query `q` (all heads) at `pos` over cache positions 0..=pos, with
     /// `scores` as scratch.
-    fn attention(
+    pub(crate) fn attention(
         &self,
         layer: usize,
         pos: usize,

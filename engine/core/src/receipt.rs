@@ -8,6 +8,7 @@ use crate::env;
 use crate::generate::{GenerateOptions, Generation};
 use crate::model::Model;
 use crate::quant::matmul::KernelStats;
+use crate::session::Session;
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -329,10 +330,10 @@ pub fn kernels(stats: &KernelStats) -> Vec<Kernel> {
         .collect()
 }
 
-/// Builds the receipt of one generation (the model's kernel counters must have been reset
-/// before it ran).
+/// Builds the receipt of one generation run by `session` (whose kernel counters must have
+/// been reset before it ran).
 pub fn for_generation(
-    model: &Model,
+    session: &Session,
     path: &Path,
     opts: &GenerateOptions,
     prompt: &str,
@@ -357,9 +358,9 @@ pub fn for_generation(
         backend: "cpu".into(),
         deterministic: true,
         seed: p.seed,
-        kernels: kernels(&model.stats),
-        environment: environment(model.threads),
-        model_info: model_info(model, path)?,
+        kernels: kernels(session.stats()),
+        environment: environment(session.threads()),
+        model_info: model_info(session.model(), path)?,
         run: Run {
             request: Request {
                 prompt: prompt.into(),

@@ -4,6 +4,7 @@
 mod common;
 
 use bitnet::model::Model;
+use bitnet::session::Session;
 use common::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,23 +34,23 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn decode_steps_allocate_nothing() {
     for weights in ["i2_s", "tl2"] {
-        let mut model = Model::load(converted(weights, "f32")).unwrap();
+        let model = Model::load(converted(weights, "f32")).unwrap();
         for threads in [1, 2] {
-            model.threads = threads;
+            let mut session = Session::new(&model).with_threads(threads);
             let mut state = model.new_state();
             state.reserve(64);
             let mut logits = Vec::new();
             let prompt: Vec<u32> = (1..17).collect();
-            model
+            session
                 .forward_into(&mut state, &prompt, false, &mut logits)
                 .unwrap();
             // One step to let the buffers take a single row's shape.
-            model
+            session
                 .forward_into(&mut state, &[5], false, &mut logits)
                 .unwrap();
             let before = ALLOCATIONS.load(Ordering::SeqCst);
             for t in 0..16 {
-                model
+                session
                     .forward_into(&mut state, &[t + 3], false, &mut logits)
                     .unwrap();
             }

@@ -310,9 +310,6 @@ fn load(opts: &ServeArgs) -> Result<Loaded> {
     if let Some(h) = opts.head {
         model.quantize_head(h)?;
     }
-    if let Some(t) = opts.threads {
-        model.threads = t;
-    }
     let (name, source) = match (&opts.chat_template, gguf_template) {
         (Some(t), _) if chat::BUILTIN.iter().any(|(n, _)| n == t) => (t.clone(), t.clone()),
         (Some(path), _) => (
@@ -409,7 +406,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
                     }
                 };
                 let spawned =
-                    scheduler::spawn(loaded.model.clone(), loaded.tok.clone(), app.sh.clone());
+                    scheduler::spawn(loaded.model.clone(), loaded.tok.clone(), app.threads, app.sh.clone());
                 match spawned {
                     Ok(h) => *handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(h),
                     Err(e) => {
@@ -421,7 +418,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
                     "bitnet serve: model {} loaded in {:.2} s ({} threads, {} parallel sequences, chat template {})",
                     app.model_id,
                     t0.elapsed().as_secs_f64(),
-                    loaded.model.threads,
+                    app.threads,
                     app.sh.parallel,
                     loaded.chat.name
                 );

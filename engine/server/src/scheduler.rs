@@ -7,7 +7,8 @@
 //! of its event channel is dropped). Results do not depend on what else is in the batch.
 
 use bitnet::generate::{Decoder, GenerateOptions, Next, StopReason};
-use bitnet::model::{Model, Seq, State};
+use bitnet::model::{Model, State};
+use bitnet::session::{Seq, Session};
 use bitnet::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -203,6 +204,7 @@ impl Drop for AliveGuard {
 pub fn spawn(
     model: Arc<Model>,
     tok: Arc<Tokenizer>,
+    threads: usize,
     sh: Arc<Shared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     sh.alive.store(true, Ordering::SeqCst);
@@ -211,7 +213,8 @@ pub fn spawn(
         .spawn(move || {
             lower_priority();
             let guard = AliveGuard(sh.clone());
-            run(&model, &tok, &guard.0);
+            let mut session = Session::new(&model).with_threads(threads);
+            run(&mut session, &tok, &guard.0);
         })
 }
 
@@ -224,7 +227,8 @@ fn lower_priority() {
     }
 }
 
-fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
+fn run(session: &mut Session, tok: &Tokenizer, sh: &Shared) {
+    let model = session.model();
     let ctx = model.config.context_length;
     let mut running: Vec<Running> = Vec::new();
     loop {
@@ -318,7 +322,7 @@ fn run(model: &Model, tok: &Tokenizer, sh: &Shared) {
                     all_logits: false,
                 });
             }
-            model.forward_batch(&mut seqs)
+            session.forward_batch(&mut seqs)
         };
         sh.steps.fetch_add(1, Ordering::Relaxed);
         let logits = match result {

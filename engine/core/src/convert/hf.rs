@@ -24,6 +24,9 @@
 //! Every file is validated before anything is written (shapes, dtypes, shards, the layout,
 //! the tokenizer); tensors are then read from the memory-mapped shards one at a time, so the
 //! model is never held twice.
+//!
+//! Length: one file on purpose (~840 lines): config, tensor layouts and tokenizer are read in
+//! one validated pass before anything is written; its three parts share the checkpoint's types.
 
 use super::{write_bitnet, BitnetTensors, ConvertError, Ternary, Vocab, WeightFormat};
 use crate::model::{Activation, Config};

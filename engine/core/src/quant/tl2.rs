@@ -21,6 +21,9 @@
 //! as in the reference's tables. A product is the exact integer D = sum w q against the
 //! int8 activations, finished as I2_S does, so a TL2 matrix gives the bits an I2_S matrix of the
 //! same weights gives.
+//!
+//! Length: one file on purpose (~650 lines): the layout's addressing, packer, scalar decoder and
+//! AVX2 kernel all follow the same byte order and are only checkable side by side.
 
 use super::format::{Format, Kernel, Kind, Packing, Product};
 use super::matmul::Isa;
