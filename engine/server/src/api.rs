@@ -3,11 +3,12 @@
 //! readiness, queue), and the answers, whole or as server-sent events.
 
 use super::chat::Message;
+use super::error::ApiError;
 use super::scheduler::{Event, Finish, FinishReason, Job, Rejected};
 use super::App;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,66 +22,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-/// An OpenAI-style error answer: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub code: &'static str,
-    pub message: String,
-    /// The request field the error is about.
-    pub param: Option<String>,
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        let kind = match status.as_u16() {
-            400 | 404 | 413 | 422 => "invalid_request_error",
-            401 => "authentication_error",
-            429 => "rate_limit_error",
-            503 => "service_unavailable",
-            504 => "timeout_error",
-            _ => "server_error",
-        };
-        ApiError {
-            status,
-            kind,
-            code,
-            message: message.into(),
-            param: None,
-            retry_after: None,
-        }
-    }
-    /// A 400 about one request field (`param` in the answer).
-    pub fn field(param: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, code, message);
-        e.param = Some(param.into());
-        e
-    }
-    pub fn bad(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-    fn retry(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs.max(1));
-        self
-    }
-    fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(self.body())).into_response();
-        if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
-
 /// Reads and parses a JSON body of at most `--max-body` bytes; for the completion routes,
 /// every field is first checked to be one this server honours ([`super::fields::vet`]).
 async fn json_body<T: serde::de::DeserializeOwned>(
@@ -90,18 +31,9 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, app.opts.max_body)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "request body larger than {} bytes (--max-body)",
-                    app.opts.max_body
-                ),
-            )
-        })?;
+        .map_err(|_| ApiError::body_too_large(app.opts.max_body))?;
     let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     if let Some(route) = route {
         let (own, chat): (&[&str], bool) = match route {
             Route::Completion => (&["prompt", "echo"], false),
@@ -109,7 +41,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         };
         super::fields::vet(own, chat, &v)?;
     }
-    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
 }
 
 /// A string or a list of strings (OpenAI allows both for `stop` and `prompt`).
@@ -208,24 +140,20 @@ impl Sampling {
     /// prompt.
     fn options(&self, prompt_len: usize, ctx: usize) -> Result<GenerateOptions, ApiError> {
         if self.n.unwrap_or(1) != 1 {
-            return Err(ApiError::bad("only n = 1 is supported"));
+            return Err(ApiError::bad_request("only n = 1 is supported"));
         }
         for (name, v) in [
             ("frequency_penalty", self.frequency_penalty),
             ("presence_penalty", self.presence_penalty),
         ] {
             if v.unwrap_or(0.0) != 0.0 {
-                return Err(ApiError::bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "{name} is not supported (use repeat_penalty)"
                 )));
             }
         }
         if prompt_len >= ctx {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "context_length_exceeded",
-                format!("the prompt has {prompt_len} tokens; the context holds {ctx}"),
-            ));
+            return Err(ApiError::context_length_exceeded(prompt_len, ctx));
         }
         let room = ctx - prompt_len;
         let max_tokens = self
@@ -248,16 +176,16 @@ impl Sampling {
             }),
         };
         if !(sampler.temperature >= 0.0 && sampler.temperature.is_finite()) {
-            return Err(ApiError::bad("temperature must be a number >= 0"));
+            return Err(ApiError::bad_request("temperature must be a number >= 0"));
         }
-        sampler.validate().map_err(ApiError::bad)?;
+        sampler.validate().map_err(ApiError::bad_request)?;
         let stop = self
             .stop
             .clone()
             .map(OneOrMany::into_vec)
             .unwrap_or_default();
         if stop.len() > 4 {
-            return Err(ApiError::bad("at most 4 stop sequences"));
+            return Err(ApiError::bad_request("at most 4 stop sequences"));
         }
         Ok(GenerateOptions {
             max_tokens,
@@ -292,36 +220,17 @@ impl Drop for InFlight {
 fn admit(app: &App, client: SocketAddr) -> Result<(), ApiError> {
     if let Some(l) = &app.limiter {
         if let Err(wait) = l.check(client.ip(), Instant::now()) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                "too many requests from this client",
-            )
-            .retry(wait.as_secs_f64().ceil() as u64));
+            return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
         }
     }
     if app.sh.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        )
-        .retry(5));
+        return Err(ApiError::shutting_down());
     }
     if app.loaded.get().is_none() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loading",
-            "the model is still loading",
-        )
-        .retry(5));
+        return Err(ApiError::loading());
     }
     if !app.sh.alive.load(Ordering::SeqCst) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "scheduler_dead",
-            "the generation thread has stopped",
-        ));
+        return Err(ApiError::scheduler_dead());
     }
     Ok(())
 }
@@ -343,7 +252,7 @@ pub async fn completions(
     check_model(&app, req.model.as_deref())?;
     let prompt = match req.prompt.into_vec().as_slice() {
         [p] => p.clone(),
-        _ => return Err(ApiError::bad("prompt must be one string")),
+        _ => return Err(ApiError::bad_request("prompt must be one string")),
     };
     let ids = loaded.tok.encode(&prompt, true, false);
     let echo = req.echo.then_some(prompt);
@@ -360,7 +269,7 @@ pub async fn chat_completions(
     let loaded = app.loaded.get().expect("admit checked");
     check_model(&app, req.model.as_deref())?;
     if req.messages.is_empty() {
-        return Err(ApiError::bad("messages must not be empty"));
+        return Err(ApiError::bad_request("messages must not be empty"));
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in req.messages {
@@ -373,7 +282,7 @@ pub async fn chat_completions(
                     match (p.kind.as_str(), p.text) {
                         ("text", Some(t)) => s.push_str(&t),
                         (kind, _) => {
-                            return Err(ApiError::bad(format!(
+                            return Err(ApiError::bad_request(format!(
                                 "content part type {kind:?} is not supported (text only)"
                             )))
                         }
@@ -390,7 +299,7 @@ pub async fn chat_completions(
     let text = loaded
         .chat
         .render(&messages)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     // The template writes BOS itself when it wants one.
     let add_bos = loaded
         .tok
@@ -403,14 +312,9 @@ pub async fn chat_completions(
 
 fn check_model(app: &App, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(m) if !m.is_empty() && m != app.model_id => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!(
-                "model {m:?} is not served here (this server has {:?})",
-                app.model_id
-            ),
-        )),
+        Some(m) if !m.is_empty() && m != app.model_id => {
+            Err(ApiError::model_not_found(m, &app.model_id))
+        }
         _ => Ok(()),
     }
 }
@@ -425,7 +329,7 @@ async fn start(
 ) -> Result<Response, ApiError> {
     let loaded = app.loaded.get().expect("admit checked");
     if ids.is_empty() {
-        return Err(ApiError::bad("the prompt has no tokens"));
+        return Err(ApiError::bad_request("the prompt has no tokens"));
     }
     let opts = sampling.options(ids.len(), loaded.model.config.context_length)?;
     let (tx, rx) = unbounded_channel();
@@ -438,18 +342,8 @@ async fn start(
         enqueued: now,
     };
     app.sh.submit(job).map_err(|r| match r {
-        Rejected::QueueFull => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            format!("{} requests are already waiting", app.sh.queue_limit),
-        )
-        .retry(1),
-        Rejected::Draining => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        )
-        .retry(5),
+        Rejected::QueueFull => ApiError::overloaded(app.sh.queue_limit),
+        Rejected::Draining => ApiError::shutting_down(),
     })?;
     let answer = Answer {
         id: format!(
@@ -495,22 +389,8 @@ impl Answer {
 
     fn failure(&self, f: &Finish) -> Option<ApiError> {
         match f.reason {
-            FinishReason::Timeout => Some(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "the request did not finish within {} s (--request-timeout)",
-                    self.guard.0.opts.request_timeout
-                ),
-            )),
-            FinishReason::Shutdown => Some(
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the server shut down before the request finished",
-                )
-                .retry(5),
-            ),
+            FinishReason::Timeout => Some(ApiError::timeout(self.guard.0.opts.request_timeout)),
+            FinishReason::Shutdown => Some(ApiError::ended_by_shutdown()),
             _ => None,
         }
     }
@@ -532,20 +412,8 @@ impl Answer {
             match rx.recv().await {
                 Some(Event::Text(t)) => text.push_str(&t),
                 Some(Event::Done(f)) => break f,
-                Some(Event::Failed(e)) => {
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "generation_failed",
-                        e,
-                    ))
-                }
-                None => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "scheduler_dead",
-                        "the generation thread stopped",
-                    ))
-                }
+                Some(Event::Failed(e)) => return Err(ApiError::generation_failed(e)),
+                None => return Err(ApiError::scheduler_lost()),
             }
         };
         self.record(&finish);
@@ -670,11 +538,7 @@ impl Answer {
                         st.over = true;
                     }
                     Some(Event::Failed(e)) => {
-                        let e = ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "generation_failed",
-                            e,
-                        );
+                        let e = ApiError::generation_failed(e);
                         st.pending.push_back(e.body().to_string());
                         st.pending.push_back("[DONE]".into());
                         st.over = true;
@@ -731,7 +595,7 @@ fn yes() -> bool {
 
 pub async fn tokenize(State(app): State<Arc<App>>, body: Body) -> Result<Json<Value>, ApiError> {
     let req: TokenizeRequest = json_body(&app, body, None).await?;
-    let l = app.loaded.get().ok_or_else(loading)?;
+    let l = app.loaded.get().ok_or_else(ApiError::loading)?;
     let ids = l
         .tok
         .encode(&req.content, req.add_special, req.parse_special);
@@ -759,23 +623,14 @@ pub struct DetokenizeRequest {
 
 pub async fn detokenize(State(app): State<Arc<App>>, body: Body) -> Result<Json<Value>, ApiError> {
     let req: DetokenizeRequest = json_body(&app, body, None).await?;
-    let l = app.loaded.get().ok_or_else(loading)?;
+    let l = app.loaded.get().ok_or_else(ApiError::loading)?;
     let text = l
         .tok
         .decode(&req.tokens)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(json!({"content": text})))
 }
 
-fn loading() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "loading",
-        "the model is still loading",
-    )
-    .retry(5)
-}
-
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::route_not_found()
 }

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod error;
 pub mod fields;
 pub mod limit;
 pub mod metrics;
