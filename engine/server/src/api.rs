@@ -4,6 +4,7 @@
 
 use super::chat::Message;
 use super::error::ApiError;
+use super::lifecycle::{Failure, Phase};
 use super::scheduler::{Event, Finish, FinishReason, Job, Rejected};
 use super::App;
 use axum::body::Body;
@@ -223,16 +224,13 @@ fn admit(app: &App, client: SocketAddr) -> Result<(), ApiError> {
             return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
         }
     }
-    if app.sh.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::shutting_down());
+    match app.lifecycle.phase() {
+        Phase::Ready => Ok(()),
+        Phase::Draining | Phase::Stopped => Err(ApiError::shutting_down()),
+        // A failed load ends the process; until it has, the model is as good as loading.
+        Phase::Loading | Phase::Failed(Failure::Load(_)) => Err(ApiError::loading()),
+        Phase::Failed(Failure::SchedulerDied) => Err(ApiError::scheduler_dead()),
     }
-    if app.loaded.get().is_none() {
-        return Err(ApiError::loading());
-    }
-    if !app.sh.alive.load(Ordering::SeqCst) {
-        return Err(ApiError::scheduler_dead());
-    }
-    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]

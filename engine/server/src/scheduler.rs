@@ -6,6 +6,7 @@
 //! at its stop condition, at its deadline, or as soon as its client goes away (the receiver
 //! of its event channel is dropped). Results do not depend on what else is in the batch.
 
+use super::lifecycle::{Lifecycle, Transition};
 use bitnet::generate::{Decoder, GenerateOptions, Next, StopReason};
 use bitnet::model::{Model, Seq, State};
 use bitnet::tokenizer::Tokenizer;
@@ -79,11 +80,13 @@ pub struct Shared {
     wake: Condvar,
     pub queue_limit: usize,
     pub parallel: usize,
-    pub draining: AtomicBool,
+    /// The server's phase: jobs are refused once it drains; the thread reports its exit.
+    lifecycle: Arc<Lifecycle>,
     /// Set when the thread should exit once idle (after draining) or at once (`abort`).
     stop: AtomicBool,
     abort: AtomicBool,
-    /// False once the scheduler thread has exited, normally or not.
+    /// Whether the scheduler thread runs (for the `/health` component report; the phase
+    /// records what its exit means).
     pub alive: AtomicBool,
     pub active: AtomicUsize,
     pub kv_tokens: AtomicUsize,
@@ -96,13 +99,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(parallel: usize, queue_limit: usize) -> Arc<Self> {
+    pub fn new(parallel: usize, queue_limit: usize, lifecycle: Arc<Lifecycle>) -> Arc<Self> {
         Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             queue_limit,
             parallel: parallel.max(1),
-            draining: AtomicBool::new(false),
+            lifecycle,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             alive: AtomicBool::new(false),
@@ -127,7 +130,7 @@ impl Shared {
     /// Queues a job, or says why not (the caller answers 503).
     pub fn submit(&self, job: Job) -> Result<(), Rejected> {
         let mut q = self.lock();
-        if self.draining.load(Ordering::SeqCst) {
+        if self.lifecycle.is_draining() {
             return Err(Rejected::Draining);
         }
         if q.len() >= self.queue_limit {
@@ -138,10 +141,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Stop taking new work (readiness goes false); queued and running work continues.
+    /// Stop taking new work (the phase becomes draining, so readiness goes false); queued
+    /// and running work continues. Under the queue lock, so a job is either queued before
+    /// the drain starts (and is waited for) or refused.
     pub fn start_draining(&self) {
         let _q = self.lock();
-        self.draining.store(true, Ordering::SeqCst);
+        self.lifecycle.apply(Transition::DrainStarted);
     }
 
     /// Whether nothing is queued or running.
@@ -195,6 +200,7 @@ impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.alive.store(false, Ordering::SeqCst);
         self.0.active.store(0, Ordering::SeqCst);
+        self.0.lifecycle.apply(Transition::SchedulerExited);
     }
 }
 
