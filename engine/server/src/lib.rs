@@ -13,6 +13,8 @@
 //! `/health/metrics`) and request admission ([`api`]: completions, chat, models, tokenize)
 //! all read.
 
+pub mod admission;
+pub mod answer;
 pub mod api;
 pub mod chat;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod limit;
 pub mod metrics;
+pub mod request;
 pub mod scheduler;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -131,13 +134,20 @@ pub struct App {
     pub metrics: metrics::Metrics,
     pub limiter: Option<limit::RateLimiter>,
     /// Set once, just before the phase becomes ready.
-    pub loaded: OnceLock<Loaded>,
+    pub loaded: OnceLock<Arc<Loaded>>,
     pub lifecycle: Arc<lifecycle::Lifecycle>,
     pub in_flight: AtomicUsize,
     pub next_id: AtomicU64,
     pub model_id: String,
     pub started_unix: u64,
     pub threads: usize,
+}
+
+impl App {
+    /// The model, tokenizer and chat template; a 503 `loading` until they are in place.
+    pub fn loaded(&self) -> std::result::Result<&Arc<Loaded>, error::ApiError> {
+        self.loaded.get().ok_or_else(error::ApiError::loading)
+    }
 }
 
 /// Identifies the build in answers (OpenAI's `system_fingerprint`).
@@ -301,7 +311,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
                     app.sh.parallel,
                     loaded.chat.name
                 );
-                let _ = app.loaded.set(loaded);
+                let _ = app.loaded.set(Arc::new(loaded));
                 app.lifecycle.apply(Transition::Loaded);
             })
             .map_err(|e| Error::io("loader thread", e))?;
