@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod answer;
 pub mod api;
+pub mod batch;
 pub mod chat;
 pub mod error;
 pub mod fields;
