@@ -1,6 +1,6 @@
 //! The probes and reports: `/health/live`, `/health/ready`, the `/health` JSON report and the
 //! Prometheus exposition at `/metrics`. Their verdicts come from the one stored
-//! [`Phase`](crate::lifecycle::Phase) (plus, for readiness, whether the wait queue is full).
+//! [`Phase`] (plus, for readiness, whether the wait queue is full).
 
 use super::lifecycle::{NotReady, Phase};
 use super::App;

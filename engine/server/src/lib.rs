@@ -136,6 +136,7 @@ pub struct App {
     pub limiter: Option<limit::RateLimiter>,
     /// Set once, just before the phase becomes ready.
     pub loaded: OnceLock<Arc<Loaded>>,
+    /// The one stored [`lifecycle::Phase`]; the scheduler shares it.
     pub lifecycle: Arc<lifecycle::Lifecycle>,
     pub in_flight: AtomicUsize,
     pub next_id: AtomicU64,
