@@ -648,6 +648,58 @@ fn a_client_that_disconnects_is_cancelled_and_deadlines_end_requests() {
     }
 }
 
+/// The KV gauges are computed from the running sequences: nothing is held once an answer has
+/// arrived (the scheduler publishes before it tells the client), and a running sequence holds
+/// at most the context.
+#[test]
+fn kv_cache_gauges_follow_the_running_sequences() {
+    let s = serve(&[]);
+    let batch = |s: &Server| {
+        let (_, h) = s.get("/health");
+        let h: Value = serde_json::from_str(&h).unwrap();
+        let b = &h["components"]["batch_engine"];
+        (
+            b["active_sequences"].as_u64().unwrap(),
+            b["kv_cache_tokens"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(batch(&s), (0, 0));
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0});
+    assert_eq!(s.post("/v1/completions", body.clone()).status, 200);
+    assert_eq!(batch(&s), (0, 0), "after a whole answer");
+    let mut b = body.clone();
+    b["stream"] = json!(true);
+    let r = s.post("/v1/completions", b);
+    streamed(&r.body, false);
+    assert_eq!(batch(&s), (0, 0), "after a streamed answer");
+
+    let b = json!({"prompt": "Once upon a time", "max_tokens": 100000, "ignore_eos": true, "stream": true}).to_string();
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 256];
+    let _ = c.read(&mut first).unwrap();
+    // The first bytes may be the headers alone (the sequence admitted, nothing in its cache
+    // yet), or the stream may already have filled the context (512) and ended; either way the
+    // gauges agree with each other.
+    let (active, kv) = batch(&s);
+    match active {
+        1 => assert!(kv <= 512, "kv {kv} for one sequence"),
+        0 => assert_eq!(kv, 0),
+        n => panic!("{n} sequences for one request"),
+    }
+    drop(c);
+    let t0 = Instant::now();
+    while batch(&s) != (0, 0) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", batch(&s));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn slow_start_is_live_but_not_ready() {
     let s = serve(&["--startup-delay-ms", "1500"]);

@@ -2,7 +2,7 @@
 //! refused with a 400 naming it: a request is never answered as if part of it had not been
 //! asked.
 
-use super::api::ApiError;
+use super::error::ApiError;
 use serde_json::Value;
 
 /// Fields both completion routes honour (OpenAI's, and llama.cpp's sampling extensions).
@@ -93,7 +93,7 @@ fn asks_nothing(name: &str, v: &Value) -> bool {
 pub fn vet(own: &[&str], chat: bool, v: &Value) -> Result<(), ApiError> {
     let obj = v
         .as_object()
-        .ok_or_else(|| ApiError::bad("the body must be a JSON object"))?;
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
     for (k, val) in obj {
         if own.contains(&k.as_str()) || SAMPLING_FIELDS.contains(&k.as_str()) {
             continue;
@@ -101,16 +101,14 @@ pub fn vet(own: &[&str], chat: bool, v: &Value) -> Result<(), ApiError> {
         match UNSUPPORTED_FIELDS.iter().find(|(f, _)| f == k) {
             Some(_) if asks_nothing(k, val) => {}
             Some((_, why)) => {
-                return Err(ApiError::field(
+                return Err(ApiError::unsupported_parameter(
                     k.clone(),
-                    "unsupported_parameter",
                     format!("`{k}` is not supported by this server: {why}"),
                 ))
             }
             None => {
-                return Err(ApiError::field(
+                return Err(ApiError::unknown_parameter(
                     k.clone(),
-                    "unknown_parameter",
                     format!("unrecognized request field `{k}`"),
                 ))
             }
@@ -132,9 +130,8 @@ pub fn vet(own: &[&str], chat: bool, v: &Value) -> Result<(), ApiError> {
                             "tool_calls" | "tool_call_id" => "tool calls are not implemented yet",
                             _ => "unrecognized message field",
                         };
-                        return Err(ApiError::field(
+                        return Err(ApiError::unsupported_parameter(
                             format!("messages[{i}].{k}"),
-                            "unsupported_parameter",
                             format!("`messages[{i}].{k}` is not supported: {what}"),
                         ));
                     }

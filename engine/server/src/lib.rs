@@ -8,26 +8,34 @@
 //! `--drain-timeout`, after which they are ended with an error), the scheduler stops, the
 //! HTTP server closes, and the process exits 0.
 //!
-//! Routes: [`api`] (completions, chat, models, tokenize), and here `/health`,
-//! `/health/live`, `/health/ready`, `/metrics` (alias `/health/metrics`).
+//! Where the server is in that life is one [`lifecycle::Phase`], which the probes
+//! ([`health`]: `/health`, `/health/live`, `/health/ready`, `/metrics` and its alias
+//! `/health/metrics`) and request admission ([`api`]: completions, chat, models, tokenize)
+//! all read.
 
+pub mod admission;
+pub mod answer;
 pub mod api;
+pub mod batch;
 pub mod chat;
+pub mod error;
 pub mod fields;
+pub mod health;
+pub mod lifecycle;
 pub mod limit;
 pub mod metrics;
+pub mod request;
 pub mod scheduler;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use bitnet::error::{Error, Result};
 use bitnet::model::Model;
 use bitnet::tokenizer::Tokenizer;
-use serde_json::{json, Value};
+use lifecycle::Transition;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -126,13 +134,22 @@ pub struct App {
     pub sh: Arc<scheduler::Shared>,
     pub metrics: metrics::Metrics,
     pub limiter: Option<limit::RateLimiter>,
-    pub loaded: OnceLock<Loaded>,
-    pub load_error: OnceLock<String>,
+    /// Set once, just before the phase becomes ready.
+    pub loaded: OnceLock<Arc<Loaded>>,
+    /// The one stored [`lifecycle::Phase`]; the scheduler shares it.
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
     pub in_flight: AtomicUsize,
     pub next_id: AtomicU64,
     pub model_id: String,
     pub started_unix: u64,
     pub threads: usize,
+}
+
+impl App {
+    /// The model, tokenizer and chat template; a 503 `loading` until they are in place.
+    pub fn loaded(&self) -> std::result::Result<&Arc<Loaded>, error::ApiError> {
+        self.loaded.get().ok_or_else(error::ApiError::loading)
+    }
 }
 
 /// Identifies the build in answers (OpenAI's `system_fingerprint`).
@@ -147,11 +164,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(api::models))
         .route("/tokenize", post(api::tokenize))
         .route("/detokenize", post(api::detokenize))
-        .route("/health", get(health))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(prometheus))
-        .route("/health/metrics", get(prometheus))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::prometheus))
+        .route("/health/metrics", get(health::prometheus))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
@@ -166,136 +183,6 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let r = next.run(req).await;
     app.metrics.count_response(&route, r.status().as_u16());
     r
-}
-
-async fn live(State(app): State<Arc<App>>) -> Response {
-    // The scheduler starts after loading; once started it must stay alive.
-    if app.loaded.get().is_some() && !app.sh.alive.load(Ordering::SeqCst) && !draining(&app) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "dead", "reason": "scheduler_dead"})),
-        )
-            .into_response();
-    }
-    Json(json!({"status": "alive"})).into_response()
-}
-
-fn draining(app: &App) -> bool {
-    app.sh.draining.load(Ordering::SeqCst)
-}
-
-/// Why the server is not ready, or None when it is.
-fn not_ready(app: &App) -> Option<&'static str> {
-    if app.load_error.get().is_some() {
-        Some("load_failed")
-    } else if draining(app) {
-        Some("draining")
-    } else if app.loaded.get().is_none() {
-        Some("loading")
-    } else if !app.sh.alive.load(Ordering::SeqCst) {
-        Some("scheduler_dead")
-    } else if app.sh.queue_depth() >= app.sh.queue_limit {
-        Some("queue_full")
-    } else {
-        None
-    }
-}
-
-async fn ready(State(app): State<Arc<App>>) -> Response {
-    match not_ready(&app) {
-        None => Json(json!({"ready": true})).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
-        )
-            .into_response(),
-    }
-}
-
-/// CPU features, threads and the honest absence of a GPU.
-pub fn device(threads: usize) -> Value {
-    json!({
-        "cpu": {
-            "arch": std::env::consts::ARCH,
-            "features": bitnet::receipt::cpu_features(),
-            "kernels": bitnet::quant::matmul::Isa::detect().name().to_string(),
-            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        },
-        "threads": threads,
-        "gpu": "none",
-    })
-}
-
-async fn health(State(app): State<Arc<App>>) -> Response {
-    let reason = not_ready(&app);
-    let status = match reason {
-        None => "healthy",
-        Some("load_failed" | "scheduler_dead") => "unhealthy",
-        Some(_) => "degraded",
-    };
-    let sh = &app.sh;
-    let model = match (app.loaded.get(), app.load_error.get()) {
-        (Some(l), _) => json!({
-            "status": "loaded",
-            "id": app.model_id,
-            "path": app.opts.model.display().to_string(),
-            "architecture": l.model.config.arch,
-            "context_length": l.model.config.context_length,
-        }),
-        (None, Some(e)) => json!({"status": "failed", "error": e}),
-        (None, None) => json!({"status": "loading"}),
-    };
-    let in_flight = app.in_flight.load(Ordering::SeqCst);
-    let body = json!({
-        "status": status,
-        "reason": reason,
-        "timestamp": bitnet::receipt::now_rfc3339(),
-        "uptime_seconds": app.metrics.started.elapsed().as_secs_f64(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "components": {
-            "model": model,
-            "scheduler": {
-                "status": if sh.alive.load(Ordering::SeqCst) { "running" } else if app.loaded.get().is_some() { "stopped" } else { "not_started" },
-                "draining": draining(&app),
-                "queue_depth": sh.queue_depth(),
-                "queue_limit": sh.queue_limit,
-            },
-            "batch_engine": {
-                "mode": "continuous",
-                "parallel": sh.parallel,
-                "active_sequences": sh.active.load(Ordering::SeqCst),
-                "forward_steps": sh.steps.load(Ordering::Relaxed),
-                "kv_cache_tokens": sh.kv_tokens.load(Ordering::Relaxed),
-            },
-            "device_monitor": device(app.threads),
-        },
-        "system": app.metrics.system(sh, in_flight),
-        "performance": app.metrics.performance(),
-    });
-    let code = if status == "unhealthy" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (code, Json(body)).into_response()
-}
-
-async fn prometheus(State(app): State<Arc<App>>) -> Response {
-    let kv_bytes = app.loaded.get().map_or(0, |l| {
-        let c = &l.model.config;
-        2 * c.n_layers * c.kv_dim() * std::mem::size_of::<f32>()
-    });
-    let text = app
-        .metrics
-        .prometheus(&app.sh, app.in_flight.load(Ordering::SeqCst), kv_bytes);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }
 
 /// Loads the model, tokenizer and chat template.
@@ -370,12 +257,13 @@ async fn serve(opts: ServeArgs) -> Result<()> {
     });
     let limiter = (opts.rate_limit > 0.0)
         .then(|| limit::RateLimiter::new(opts.rate_limit, opts.rate_burst, 100_000));
+    let lifecycle = Arc::new(lifecycle::Lifecycle::default());
     let app = Arc::new(App {
-        sh: scheduler::Shared::new(opts.parallel, opts.queue),
+        sh: scheduler::Shared::new(opts.parallel, opts.queue, lifecycle.clone()),
+        lifecycle,
         metrics: metrics::Metrics::new(Duration::from_millis(opts.sla_ms)),
         limiter,
         loaded: OnceLock::new(),
-        load_error: OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         model_id,
@@ -400,7 +288,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
                 let loaded = match load(&app.opts) {
                     Ok(l) => l,
                     Err(e) => {
-                        let _ = app.load_error.set(e.to_string());
+                        app.lifecycle.apply(Transition::LoadFailed(e.to_string()));
                         let _ = fail_tx.blocking_send(e);
                         return;
                     }
@@ -422,7 +310,8 @@ async fn serve(opts: ServeArgs) -> Result<()> {
                     app.sh.parallel,
                     loaded.chat.name
                 );
-                let _ = app.loaded.set(loaded);
+                let _ = app.loaded.set(Arc::new(loaded));
+                app.lifecycle.apply(Transition::Loaded);
             })
             .map_err(|e| Error::io("loader thread", e))?;
     }

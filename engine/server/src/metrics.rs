@@ -140,7 +140,13 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format 0.0.4.
-    pub fn prometheus(&self, sh: &Shared, in_flight: usize, kv_bytes_per_token: usize) -> String {
+    pub fn prometheus(
+        &self,
+        sh: &Shared,
+        draining: bool,
+        in_flight: usize,
+        kv_bytes_per_token: usize,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -254,7 +260,7 @@ impl Metrics {
             &mut out,
             "bitnet_draining",
             "1 while shutting down.",
-            sh.draining.load(Ordering::Relaxed) as u8 as f64,
+            draining as u8 as f64,
         );
         if let Some(rss) = bitnet::receipt::rss_bytes() {
             gauge(

@@ -5,20 +5,23 @@
 //! Requests wait in a bounded queue; up to `parallel` sequences run at once. A sequence ends
 //! at its stop condition, at its deadline, or as soon as its client goes away (the receiver
 //! of its event channel is dropped). Results do not depend on what else is in the batch.
+//!
+//! This module holds what the HTTP side sees (jobs, events, the queue and counters in
+//! [`Shared`]) and the thread's loop; the running sequences and the steps applied to them
+//! are in [`crate::batch`]. The thread's exit moves the server's
+//! [`Phase`](crate::lifecycle::Phase): to `Stopped` after a drain, to `Failed` otherwise.
 
-use bitnet::generate::{Decoder, GenerateOptions, Next, StopReason};
-use bitnet::model::{Model, State};
-use bitnet::session::{Seq, Session};
+use super::batch::Batch;
+use super::lifecycle::{Lifecycle, Transition};
+use bitnet::generate::GenerateOptions;
+use bitnet::model::Model;
+use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-
-/// Most prompt tokens prefilled in one step, so running sequences keep getting tokens while a
-/// long prompt is read.
-const PREFILL_CHUNK: usize = 256;
 
 /// One accepted request.
 pub struct Job {
@@ -80,12 +83,16 @@ pub struct Shared {
     wake: Condvar,
     pub queue_limit: usize,
     pub parallel: usize,
-    pub draining: AtomicBool,
+    /// The server's phase: jobs are refused once it drains; the thread reports its exit.
+    lifecycle: Arc<Lifecycle>,
     /// Set when the thread should exit once idle (after draining) or at once (`abort`).
     stop: AtomicBool,
     abort: AtomicBool,
-    /// False once the scheduler thread has exited, normally or not.
+    /// Whether the scheduler thread runs (for the `/health` component report; the phase
+    /// records what its exit means).
     pub alive: AtomicBool,
+    /// Running sequences and the KV positions they hold, as last published by the thread
+    /// ([`Batch::publish`], computed from its slots).
     pub active: AtomicUsize,
     pub kv_tokens: AtomicUsize,
     pub steps: AtomicU64,
@@ -97,13 +104,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(parallel: usize, queue_limit: usize) -> Arc<Self> {
+    pub fn new(parallel: usize, queue_limit: usize, lifecycle: Arc<Lifecycle>) -> Arc<Self> {
         Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             queue_limit,
             parallel: parallel.max(1),
-            draining: AtomicBool::new(false),
+            lifecycle,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             alive: AtomicBool::new(false),
@@ -128,7 +135,7 @@ impl Shared {
     /// Queues a job, or says why not (the caller answers 503).
     pub fn submit(&self, job: Job) -> Result<(), Rejected> {
         let mut q = self.lock();
-        if self.draining.load(Ordering::SeqCst) {
+        if self.lifecycle.is_draining() {
             return Err(Rejected::Draining);
         }
         if q.len() >= self.queue_limit {
@@ -139,10 +146,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Stop taking new work (readiness goes false); queued and running work continues.
+    /// Stop taking new work (the phase becomes draining, so readiness goes false); queued
+    /// and running work continues. Under the queue lock, so a job is either queued before
+    /// the drain starts (and is waited for) or refused.
     pub fn start_draining(&self) {
         let _q = self.lock();
-        self.draining.store(true, Ordering::SeqCst);
+        self.lifecycle.apply(Transition::DrainStarted);
     }
 
     /// Whether nothing is queued or running.
@@ -162,40 +171,14 @@ impl Shared {
     }
 }
 
-/// A running sequence.
-struct Running {
-    job: Job,
-    state: State,
-    dec: Decoder,
-    /// Prompt tokens already in the KV cache.
-    prefilled: usize,
-    /// The token to feed next (after the prompt).
-    next: Option<u32>,
-    first_token: Option<Duration>,
-}
-
-impl Running {
-    fn send(&self, e: Event) -> bool {
-        self.job.events.send(e).is_ok()
-    }
-    fn finish(self, reason: FinishReason, sh: &Shared) {
-        let completion_tokens = self.dec.tokens.len();
-        sh.kv_tokens.fetch_sub(self.state.pos, Ordering::Relaxed);
-        let _ = self.job.events.send(Event::Done(Finish {
-            reason,
-            prompt_tokens: self.job.prompt.len(),
-            completion_tokens,
-            time_to_first_token: self.first_token,
-        }));
-    }
-}
-
-/// Marks the scheduler dead when its thread ends, however it ends.
+/// Records the thread's end, however it ends (a panic included): not alive, nothing
+/// running, and [`Transition::SchedulerExited`] for the phase.
 struct AliveGuard(Arc<Shared>);
 impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.alive.store(false, Ordering::SeqCst);
         self.0.active.store(0, Ordering::SeqCst);
+        self.0.lifecycle.apply(Transition::SchedulerExited);
     }
 }
 
@@ -227,172 +210,134 @@ fn lower_priority() {
     }
 }
 
+/// The scheduler thread: take work, drop what no one waits for, step; until told to stop.
+/// (Each of these publishes what it changed; see [`Batch::publish`].)
 fn run(session: &mut Session, tok: &Tokenizer, sh: &Shared) {
     let model = session.model();
-    let ctx = model.config.context_length;
-    let mut running: Vec<Running> = Vec::new();
+    let mut batch = Batch::new(model.config.context_length);
+    while refill(&mut batch, model, sh) {
+        batch.drop_cancelled(sh);
+        batch.expire(Instant::now(), sh);
+        if !batch.is_empty() {
+            batch.step(session, tok, sh);
+        }
+    }
+}
+
+/// Moves queued jobs into free slots, waiting while there is nothing to run. False when the
+/// thread should exit: stopped with nothing left to run, or aborted (every queued and
+/// running request is then told [`FinishReason::Shutdown`]).
+fn refill(batch: &mut Batch, model: &Model, sh: &Shared) -> bool {
+    let mut q = sh.lock();
     loop {
-        // Admit queued jobs while there is room; wait when there is nothing to do.
-        {
-            let mut q = sh.lock();
-            loop {
-                if sh.abort.load(Ordering::SeqCst) {
-                    for job in q.drain(..) {
-                        let _ = job.events.send(Event::Done(Finish {
-                            reason: FinishReason::Shutdown,
-                            prompt_tokens: job.prompt.len(),
-                            completion_tokens: 0,
-                            time_to_first_token: None,
-                        }));
-                    }
-                    drop(q);
-                    for r in running.drain(..) {
-                        r.finish(FinishReason::Shutdown, sh);
-                    }
-                    return;
-                }
-                while running.len() < sh.parallel {
-                    let Some(job) = q.pop_front() else { break };
-                    if job.events.is_closed() {
-                        sh.cancelled.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let dec = Decoder::new(&job.prompt, &job.opts);
-                    running.push(Running {
-                        state: model.new_state(),
-                        dec,
-                        prefilled: 0,
-                        next: None,
-                        first_token: None,
-                        job,
-                    });
-                }
-                sh.active.store(running.len(), Ordering::SeqCst);
-                if !running.is_empty() {
-                    break;
-                }
-                if sh.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                q = sh.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+        if sh.abort.load(Ordering::SeqCst) {
+            for job in q.drain(..) {
+                let _ = job.events.send(Event::Done(Finish {
+                    reason: FinishReason::Shutdown,
+                    prompt_tokens: job.prompt.len(),
+                    completion_tokens: 0,
+                    time_to_first_token: None,
+                }));
             }
+            drop(q);
+            batch.abort(sh);
+            return false;
         }
-
-        // Drop sequences whose client left or whose deadline passed.
-        let now = Instant::now();
-        running.retain_mut(|r| {
-            if r.job.events.is_closed() {
+        while batch.len() < sh.parallel {
+            let Some(job) = q.pop_front() else { break };
+            if job.events.is_closed() {
                 sh.cancelled.fetch_add(1, Ordering::Relaxed);
-                sh.kv_tokens.fetch_sub(r.state.pos, Ordering::Relaxed);
-                return false;
-            }
-            true
-        });
-        let (expired, live): (Vec<_>, Vec<_>) =
-            running.drain(..).partition(|r| now >= r.job.deadline);
-        running = live;
-        for r in expired {
-            sh.timed_out.fetch_add(1, Ordering::Relaxed);
-            r.finish(FinishReason::Timeout, sh);
-        }
-        if running.is_empty() {
-            continue;
-        }
-
-        // One step: every decoding sequence's next token, plus prompt slices up to the budget.
-        let mut budget = PREFILL_CHUNK;
-        // (index into `running`, tokens fed) for each sequence in this step.
-        let mut fed: Vec<(usize, usize)> = Vec::with_capacity(running.len());
-        let result = {
-            let mut seqs = Vec::with_capacity(running.len());
-            for (i, r) in running.iter_mut().enumerate() {
-                let tokens: &[u32] = match &r.next {
-                    Some(t) => std::slice::from_ref(t),
-                    None if budget > 0 => {
-                        let end = (r.prefilled + budget).min(r.job.prompt.len());
-                        budget -= end - r.prefilled;
-                        &r.job.prompt[r.prefilled..end]
-                    }
-                    None => continue,
-                };
-                fed.push((i, tokens.len()));
-                seqs.push(Seq {
-                    state: &mut r.state,
-                    tokens,
-                    all_logits: false,
-                });
-            }
-            session.forward_batch(&mut seqs)
-        };
-        sh.steps.fetch_add(1, Ordering::Relaxed);
-        let logits = match result {
-            Ok(l) => l,
-            Err(e) => {
-                // Inputs are validated before queueing, so this is a bug; fail these requests
-                // rather than the server.
-                for r in running.drain(..) {
-                    sh.kv_tokens.fetch_sub(r.state.pos, Ordering::Relaxed);
-                    let _ = r.send(Event::Failed(e.to_string()));
-                }
                 continue;
             }
-        };
-        sh.kv_tokens
-            .fetch_add(fed.iter().map(|f| f.1).sum(), Ordering::Relaxed);
+            batch.admit(job, model);
+        }
+        batch.publish(sh);
+        if !batch.is_empty() {
+            return true;
+        }
+        if sh.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        q = sh.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+    }
+}
 
-        // Sample for every sequence that got logits for its last token.
-        let mut done: Vec<(usize, FinishReason)> = Vec::new();
-        for (&(i, n), logits) in fed.iter().zip(&logits) {
-            let r = &mut running[i];
-            if r.next.is_none() {
-                r.prefilled += n;
-                sh.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
-                if r.prefilled < r.job.prompt.len() {
-                    continue;
-                }
-            }
-            let before = r.dec.tokens.len();
-            let step = r.dec.step(logits, tok, r.state.pos, ctx);
-            sh.tokens_generated
-                .fetch_add((r.dec.tokens.len() - before) as u64, Ordering::Relaxed);
-            let (piece, next) = match step {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = r.send(Event::Failed(e.to_string()));
-                    done.push((i, FinishReason::Stop));
-                    continue;
-                }
-            };
-            if r.first_token.is_none() {
-                r.first_token = Some(r.job.enqueued.elapsed());
-            }
-            if !piece.is_empty() && !r.send(Event::Text(piece)) {
-                sh.cancelled.fetch_add(1, Ordering::Relaxed);
-                done.push((i, FinishReason::Stop));
-                continue;
-            }
-            match next {
-                Next::Token(t) => r.next = Some(t),
-                Next::Done(stop) => {
-                    let rest = r.dec.finish(&stop);
-                    if !rest.is_empty() {
-                        r.send(Event::Text(rest));
-                    }
-                    let reason = match stop {
-                        StopReason::Eos | StopReason::StopString(_) | StopReason::Cancelled => {
-                            FinishReason::Stop
-                        }
-                        StopReason::Length | StopReason::ContextFull => FinishReason::Length,
-                    };
-                    done.push((i, reason));
-                }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::tests::{job, model};
+    use crate::lifecycle::{Failure, Phase};
+
+    fn started(parallel: usize) -> (Arc<Shared>, Arc<Lifecycle>, std::thread::JoinHandle<()>) {
+        let (model, tok) = model();
+        let lifecycle = Arc::new(Lifecycle::default());
+        let sh = Shared::new(parallel, 4, lifecycle.clone());
+        let h = spawn(model.clone(), tok.clone(), 1, sh.clone()).unwrap();
+        lifecycle.apply(Transition::Loaded);
+        (sh, lifecycle, h)
+    }
+
+    fn end(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+        loop {
+            match rx.blocking_recv() {
+                Some(Event::Text(_)) => {}
+                Some(e) => return e,
+                None => panic!("the channel closed without an end"),
             }
         }
-        done.sort_by_key(|d| std::cmp::Reverse(d.0));
-        for (i, reason) in done {
-            let r = running.swap_remove(i);
-            r.finish(reason, sh);
+    }
+
+    #[test]
+    fn drain_then_abort_tells_every_request_and_stops_the_phase() {
+        let (sh, lifecycle, h) = started(1);
+        let later = Instant::now() + Duration::from_secs(600);
+        // The whole context: far longer than the few steps below take.
+        let (running, mut rx1) = job(vec![1, 100, 200], 509, later);
+        let (queued, mut rx2) = job(vec![1, 100], 400, later);
+        sh.submit(running).unwrap();
+        sh.submit(queued).unwrap();
+        // The first job runs (its first text arrives); the second waits for the one slot.
+        assert!(matches!(rx1.blocking_recv(), Some(Event::Text(_))));
+        assert_eq!(sh.queue_depth(), 1);
+
+        sh.start_draining();
+        assert_eq!(lifecycle.phase(), Phase::Draining);
+        let (late, _rx3) = job(vec![1], 1, later);
+        assert_eq!(sh.submit(late).err(), Some(Rejected::Draining));
+        assert!(!sh.idle());
+
+        sh.shut_down(true);
+        for (rx, prompt) in [(&mut rx1, 3), (&mut rx2, 2)] {
+            match end(rx) {
+                Event::Done(f) => {
+                    assert_eq!(f.reason, FinishReason::Shutdown);
+                    assert_eq!(f.prompt_tokens, prompt);
+                }
+                e => panic!("{e:?}"),
+            }
         }
-        sh.active.store(running.len(), Ordering::SeqCst);
+        h.join().unwrap();
+        assert_eq!(lifecycle.phase(), Phase::Stopped);
+        assert!(!sh.alive.load(Ordering::SeqCst));
+        assert!(sh.idle());
+        assert_eq!(sh.kv_tokens.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_scheduler_that_ends_outside_a_drain_fails_the_phase() {
+        let (sh, lifecycle, h) = started(2);
+        let (j, mut rx) = job(vec![1, 100], 3, Instant::now() + Duration::from_secs(600));
+        sh.submit(j).unwrap();
+        match end(&mut rx) {
+            Event::Done(f) => {
+                assert_eq!((f.reason, f.completion_tokens), (FinishReason::Length, 3))
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(lifecycle.phase(), Phase::Ready);
+        sh.shut_down(false);
+        h.join().unwrap();
+        assert_eq!(lifecycle.phase(), Phase::Failed(Failure::SchedulerDied));
+        assert!(!lifecycle.phase().is_live());
     }
 }
