@@ -11,8 +11,8 @@
 //! as a near-tie (the reference's margin between its choice and ours below `near_tie`), and
 //! near-ties are counted: top-1 agreement is also given over the decisive positions alone.
 
-use crate::metrics::{compare, PositionMetrics};
-use bitnet::eval::nll;
+use crate::metrics::{compare_all, summarize, PositionMetrics};
+pub use crate::metrics::{Divergence, Summary};
 use bitnet::generate::{generate, GenerateOptions};
 use bitnet::model::Model;
 use bitnet::sample::SamplerParams;
@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 pub use bitnet::eval::Mode;
 
 /// Which reference: the names gates and the CLI use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 pub enum RefName {
     /// BitNet.cpp 0.0.5 (crates.io `bitnet-cpp-sys`): arch `bitnet` only, SiLU.
     #[serde(rename = "bitnet.cpp-0.0.5")]
@@ -203,42 +205,6 @@ pub const DEFAULT_PROMPTS: &[&str] = &[
 ];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Divergence {
-    /// Index in the generated continuation (0 = first generated token).
-    pub generated_index: usize,
-    pub position: usize,
-    pub ours: u32,
-    pub reference: u32,
-    /// Reference logit of its choice minus its logit of ours.
-    pub ref_margin: f64,
-    pub near_tie: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Summary {
-    pub positions: usize,
-    pub cosine_min: f64,
-    pub cosine_mean: f64,
-    pub max_abs_diff: f64,
-    pub mse_mean: f64,
-    pub kl_mean: f64,
-    pub kl_max: f64,
-    pub top1_agreement: f64,
-    /// Positions where the reference's top-2 margin is below `near_tie`.
-    pub near_ties: usize,
-    /// Top-1 agreement over the other (decisive) positions; 1 when there are none.
-    pub top1_decisive: f64,
-    pub top5_overlap_mean: f64,
-    /// First teacher-forced position whose top-1 differs, if any.
-    pub first_divergence: Option<usize>,
-    pub nll_ref: f64,
-    pub nll_ours: f64,
-    pub nll_delta: f64,
-    /// Greedy generation identical, or diverging only at a near-tie.
-    pub greedy_ok: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PromptReport {
     pub prompt: String,
     pub prompt_tokens: usize,
@@ -271,6 +237,21 @@ pub struct ModelInfo {
     pub vocab: usize,
     pub layers: usize,
     pub hidden: usize,
+}
+
+impl ModelInfo {
+    /// The loaded `model` read from `path`.
+    pub fn of(model: &Model, path: &Path) -> Result<Self, String> {
+        Ok(ModelInfo {
+            path: path.display().to_string(),
+            sha256: bitnet::receipt::sha256_file(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            arch: model.config.arch.clone(),
+            vocab: model.config.vocab_size,
+            layers: model.config.n_layers,
+            hidden: model.config.dim,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -306,39 +287,6 @@ impl Report {
             m[o.reference.as_str()] = a;
         }
         m
-    }
-}
-
-fn summarize(
-    ms: &[PositionMetrics],
-    nll_ref: f64,
-    nll_ours: f64,
-    greedy_ok: bool,
-    near_tie: f64,
-) -> Summary {
-    let n = ms.len().max(1) as f64;
-    let decisive: Vec<_> = ms.iter().filter(|m| m.ref_margin >= near_tie).collect();
-    Summary {
-        positions: ms.len(),
-        cosine_min: ms.iter().map(|m| m.cosine).fold(f64::INFINITY, f64::min),
-        cosine_mean: ms.iter().map(|m| m.cosine).sum::<f64>() / n,
-        max_abs_diff: ms.iter().map(|m| m.max_abs_diff).fold(0.0, f64::max),
-        mse_mean: ms.iter().map(|m| m.mse).sum::<f64>() / n,
-        kl_mean: ms.iter().map(|m| m.kl).sum::<f64>() / n,
-        kl_max: ms.iter().map(|m| m.kl).fold(0.0, f64::max),
-        top1_agreement: ms.iter().filter(|m| m.top1_match).count() as f64 / n,
-        near_ties: ms.len() - decisive.len(),
-        top1_decisive: if decisive.is_empty() {
-            1.0
-        } else {
-            decisive.iter().filter(|m| m.top1_match).count() as f64 / decisive.len() as f64
-        },
-        top5_overlap_mean: ms.iter().map(|m| m.top5_overlap).sum::<f64>() / n,
-        first_divergence: ms.iter().find(|m| !m.top1_match).map(|m| m.pos),
-        nll_ref,
-        nll_ours,
-        nll_delta: nll_ours - nll_ref,
-        greedy_ok,
     }
 }
 
@@ -395,28 +343,18 @@ fn judge(
     } else {
         None
     };
-    let (mut nll_ref, mut nll_ours) = (0f64, 0f64);
-    for p in 0..s.seq.len() - 1 {
-        nll_ref += nll(&theirs[p * v..(p + 1) * v], s.seq[p + 1]);
-        nll_ours += nll(&s.ours[p * v..(p + 1) * v], s.seq[p + 1]);
-    }
+    let nll_ref = crate::metrics::nll_sum(&theirs, &s.seq, v);
+    let nll_ours = crate::metrics::nll_sum(&s.ours, &s.seq, v);
     // Greedy: our token at p + 1 was our argmax at p; where the reference's differs first,
     // its generation would have diverged.
-    let first = s.prompt_tokens.len();
-    let divergence = (first - 1..s.seq.len() - 1)
-        .find(|&p| metrics[p].top1_ref != s.seq[p + 1])
-        .map(|p| {
-            let row = &theirs[p * v..(p + 1) * v];
-            let margin = (row[metrics[p].top1_ref as usize] - row[s.seq[p + 1] as usize]) as f64;
-            Divergence {
-                generated_index: p + 1 - first,
-                position: p,
-                ours: s.seq[p + 1],
-                reference: metrics[p].top1_ref,
-                ref_margin: margin,
-                near_tie: margin < opts.near_tie,
-            }
-        });
+    let divergence = crate::metrics::greedy_divergence(
+        &theirs,
+        &metrics,
+        &s.seq,
+        s.prompt_tokens.len(),
+        v,
+        opts.near_tie,
+    );
     Ok(Judged {
         reference_tokens,
         metrics,
@@ -425,6 +363,78 @@ fn judge(
         divergence,
         reference_self,
     })
+}
+
+/// One crossval run on a model file: what `bitnet-validate crossval` and the `crossval` gate
+/// kind both do.
+pub struct Plan<'a> {
+    pub model: &'a Path,
+    /// The HF checkpoint directory the model was converted from (for `transformers`).
+    pub fixture: Option<&'a Path>,
+    /// Re-quantize the output projection at load (judged against `engine-as-stored`).
+    pub head: Option<bitnet::model::HeadFormat>,
+    /// The judged reference first, then the ones reported beside it.
+    pub references: Vec<RefName>,
+    pub threads: usize,
+    pub options: Options,
+    /// When the judged reference is transformers, run the fixture's own text and tokens
+    /// instead of `options`' prompts and continuation (the gate does; the command line runs
+    /// what it is given).
+    pub fixture_text: bool,
+}
+
+/// Loads the model, opens the references for it (context `tokens`, at least 64, at most the
+/// model's) and runs `run`.
+pub fn evaluate(plan: Plan) -> Result<Report, String> {
+    let mut model = Model::load(plan.model).map_err(|e| e.to_string())?;
+    model.threads = plan.threads;
+    if let Some(h) = plan.head {
+        model.quantize_head(h).map_err(|e| e.to_string())?;
+    }
+    let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
+    let mut opts = plan.options;
+    let ctx_len = opts.tokens.max(64).min(model.config.context_length);
+    let mut references = plan
+        .references
+        .iter()
+        .map(|&r| Reference::open(r, plan.model, plan.fixture, ctx_len, plan.threads))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(Reference::Transformers { text, .. }) = references.first() {
+        if plan.fixture_text {
+            // transformers' logits exist for the fixture's own tokens only: no other prompt, no
+            // continuation (every reference then sees exactly those tokens).
+            opts.prompts = vec![text.clone()];
+            opts.tokens = 0;
+        }
+    }
+    let info = ModelInfo::of(&model, plan.model)?;
+    run(&model, &tok, &mut references, info, &opts)
+}
+
+impl Report {
+    /// One line per reference: positions, top-1 (decisive, near-ties), cosine min, max |d|,
+    /// dNLL, greedy.
+    pub fn one_line(&self) -> String {
+        let line = |name: &str, a: &Summary| {
+            format!(
+                "vs {name}: {} positions, top-1 {:.1}% ({:.1}% decisive, {} near-ties), cosine min {:.6}, max |d| {:.4}, dNLL {:+.5}, greedy {}",
+                a.positions,
+                a.top1_agreement * 100.0,
+                a.top1_decisive * 100.0,
+                a.near_ties,
+                a.cosine_min,
+                a.max_abs_diff,
+                a.nll_delta,
+                if a.greedy_ok { "ok" } else { "diverged" }
+            )
+        };
+        let mut summary = line(self.reference.as_str(), &self.aggregate);
+        for o in &self.others {
+            summary += "; ";
+            summary += &line(o.reference.as_str(), &o.aggregate);
+        }
+        summary
+    }
 }
 
 /// Judges the engine against `references[0]`, reporting the others beside it.
@@ -557,12 +567,6 @@ pub fn run(
             .then(|| summarize(&self_all, f64::NAN, f64::NAN, true, opts.near_tie)),
         others: other_reports,
     })
-}
-
-fn compare_all(reference: &[f32], ours: &[f32], v: usize) -> Vec<PositionMetrics> {
-    (0..reference.len() / v)
-        .map(|p| compare(p, &reference[p * v..(p + 1) * v], &ours[p * v..(p + 1) * v]))
-        .collect()
 }
 
 /// A fixed-width table of the per-prompt summaries and the aggregate, then one row per other
