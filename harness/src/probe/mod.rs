@@ -14,6 +14,9 @@
 //! | `sse` | SSE decoding and what a request came to (completed, rejected, lost, ...) |
 //! | `verdict` | the records of a run, the verdict and the timeline computed from them |
 //! | `run` | the driver: process, probes, load, faults on tokio + reqwest |
+//!
+//! The `probe` gate kind, which runs a scenario (and an optional baseline) for a gate, is
+//! `crate::kinds::probe`.
 
 pub mod kubelet;
 pub mod run;
