@@ -155,3 +155,10 @@ fn head_format_names_read_back() {
         assert_eq!(name.parse::<bitnet::model::HeadFormat>(), Ok(h), "{name}");
     }
 }
+
+#[test]
+fn kind_names_are_the_serde_names() {
+    for k in Kind::ALL {
+        assert_eq!(serde_json::to_value(k).unwrap(), k.name(), "{k:?}");
+    }
+}
