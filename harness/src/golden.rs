@@ -7,9 +7,8 @@
 //! tolerance), `receipt` (a seeded run's receipt with volatile fields redacted — times, paths,
 //! environment, and the implementation suffix of kernel ids — exact).
 
-use crate::gates::{Context, Gate};
+use crate::context::Context;
 use crate::models::ModelSpec;
-use crate::runners::RunResult;
 use bitnet::generate::{generate, GenerateOptions};
 use bitnet::gguf::Gguf;
 use bitnet::model::{Model, State};
@@ -308,31 +307,6 @@ fn json_diff(path: &str, e: &Json, a: &Json) -> Vec<String> {
     }
     out.truncate(20);
     out
-}
-
-/// The `golden` gate: `inputs.file` names a snapshot relative to the repository root.
-pub fn check(g: &Gate, ctx: &Context) -> RunResult {
-    let rel = g
-        .inputs
-        .get("file")
-        .and_then(|v| v.as_str())
-        .ok_or("a golden gate needs inputs.file")?;
-    let s = Snapshot::load(&ctx.root.join(rel))?;
-    if s.expected.is_null() {
-        return Err(format!(
-            "{rel} has no expected result yet: run `bitnet-validate golden --update` and review it"
-        ));
-    }
-    let diffs = compare(&s, &compute(&s, ctx)?);
-    let summary = if diffs.is_empty() {
-        format!("{rel} ({}) matches", s.kind)
-    } else {
-        format!(
-            "{rel} differs: {}",
-            diffs.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-        )
-    };
-    Ok((summary, json!({"mismatches": diffs.len()})))
 }
 
 /// Recomputes and rewrites a snapshot's expected result; returns whether it changed.

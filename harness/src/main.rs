@@ -1,6 +1,6 @@
 use bitnet_validate::crossval::{self, Mode, RefName};
-use bitnet_validate::gates::{self, Context, GatesFile};
-use bitnet_validate::{report, runners};
+use bitnet_validate::gates::{Context, GatesFile};
+use bitnet_validate::{report, runner};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -82,6 +82,12 @@ enum Cmd {
     /// load and faults; prints the verdict. Exit 0 when it meets the scenario's [expect],
     /// 1 when not (or the run failed), 2 on usage errors.
     Probe(Box<ProbeArgs>),
+    /// Print a JSON schema generated from the harness's types: `gates` (the gates file,
+    /// checked in as schemas/gates.schema.json).
+    Schema {
+        #[arg(value_enum)]
+        which: SchemaName,
+    },
     /// Run the gates of a gates file and write JUnit XML, a JSON summary and a Markdown table.
     Gates {
         #[arg(long, default_value = "ci/gates.toml")]
@@ -95,6 +101,12 @@ enum Cmd {
         #[arg(short, long)]
         threads: Option<usize>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaName {
+    /// The gates file (ci/gates.toml).
+    Gates,
 }
 
 /// Arguments of `probe` (boxed in `Cmd` to keep the enum small).
@@ -195,30 +207,20 @@ fn run(cmd: Cmd) -> Result<i32, String> {
                     .map(str::to_string)
                     .collect(),
             };
-            let m = bitnet::model::Model::load(&model).map_err(|e| e.to_string())?;
-            let mut session = bitnet::session::Session::new(&m).with_threads(threads(t));
-            let tok =
-                bitnet::tokenizer::Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
-            let ctx = tokens.max(64).min(m.config.context_length);
-            let mut references = std::iter::once(reference)
-                .chain(also)
-                .map(|r| {
-                    crossval::Reference::open(r, &model, fixture.as_deref(), ctx, session.threads())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let opts = crossval::Options {
-                mode,
-                tokens,
-                prompts,
-                near_tie,
-            };
-            let r = crossval::run(
-                &mut session,
-                &tok,
-                &mut references,
-                runners::model_info(&m, &model)?,
-                &opts,
-            )?;
+            let r = crossval::evaluate(crossval::Plan {
+                model: &model,
+                fixture: fixture.as_deref(),
+                head: None,
+                references: std::iter::once(reference).chain(also).collect(),
+                threads: threads(t),
+                options: crossval::Options {
+                    mode,
+                    tokens,
+                    prompts,
+                    near_tie,
+                },
+                fixture_text: false,
+            })?;
             print!("{}", crossval::table(&r));
             if let Some(path) = json {
                 write(
@@ -338,13 +340,23 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             })
         }
         Cmd::Probe(a) => probe(*a),
+        Cmd::Schema {
+            which: SchemaName::Gates,
+        } => {
+            let schema = bitnet_validate::gates::schema::gates_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).map_err(|e| e.to_string())?
+            );
+            Ok(0)
+        }
         Cmd::Gates {
             config,
             filter,
             out,
             threads: t,
         } => {
-            let file = GatesFile::load(&config)?;
+            let file = GatesFile::load(&config).map_err(|e| e.to_string())?;
             let data = config.parent().unwrap_or(Path::new(".")).to_path_buf();
             let ctx = Context {
                 root: data.join(".."),
@@ -364,7 +376,7 @@ fn run(cmd: Cmd) -> Result<i32, String> {
             let mut outcomes = Vec::new();
             for g in selected {
                 eprintln!("gate {} ...", g.id);
-                let o = gates::run_gate(g, &ctx);
+                let o = runner::run_gate(g, &ctx);
                 eprintln!(
                     "  {} ({:.1}s): {}",
                     if o.passed { "pass" } else { "FAIL" },
@@ -423,7 +435,8 @@ fn probe(a: ProbeArgs) -> Result<i32, String> {
                 root: PathBuf::from("."),
                 threads: threads(None),
             };
-            let model = server.model.materialize(&ctx)?;
+            let model = bitnet_validate::gates::build_model(&server.model, &ctx)
+                .map_err(|e| e.to_string())?;
             Target::Launch { bin, model }
         }
     };

@@ -1,4 +1,9 @@
-//! Comparison metrics between two logit vectors (reference vs ours), computed in f64.
+//! Crossval metrics, the one implementation in the harness: per position, how a logit vector
+//! compares with the reference's (cosine, max |diff|, MSE, KL(ref || ours), top-1 and top-5,
+//! the reference's top-2 margin); per sequence, the NLL of the tokens that followed and where
+//! greedy generation would have diverged; over positions, the `Summary` a gate judges
+//! (minimum and mean cosine, max |diff|, KL mean and max, top-1 agreement overall and over
+//! decisive positions, near-ties, top-5 overlap, NLL delta). All in f64.
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +88,119 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     idx.sort_by(|&a, &b| x[b as usize].total_cmp(&x[a as usize]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub positions: usize,
+    pub cosine_min: f64,
+    pub cosine_mean: f64,
+    pub max_abs_diff: f64,
+    pub mse_mean: f64,
+    pub kl_mean: f64,
+    pub kl_max: f64,
+    pub top1_agreement: f64,
+    /// Positions where the reference's top-2 margin is below `near_tie`.
+    pub near_ties: usize,
+    /// Top-1 agreement over the other (decisive) positions; 1 when there are none.
+    pub top1_decisive: f64,
+    pub top5_overlap_mean: f64,
+    /// First teacher-forced position whose top-1 differs, if any.
+    pub first_divergence: Option<usize>,
+    pub nll_ref: f64,
+    pub nll_ours: f64,
+    pub nll_delta: f64,
+    /// Greedy generation identical, or diverging only at a near-tie.
+    pub greedy_ok: bool,
+}
+
+/// The summary of `ms` (one sequence's positions, or several sequences' together).
+pub fn summarize(
+    ms: &[PositionMetrics],
+    nll_ref: f64,
+    nll_ours: f64,
+    greedy_ok: bool,
+    near_tie: f64,
+) -> Summary {
+    let n = ms.len().max(1) as f64;
+    let decisive: Vec<_> = ms.iter().filter(|m| m.ref_margin >= near_tie).collect();
+    Summary {
+        positions: ms.len(),
+        cosine_min: ms.iter().map(|m| m.cosine).fold(f64::INFINITY, f64::min),
+        cosine_mean: ms.iter().map(|m| m.cosine).sum::<f64>() / n,
+        max_abs_diff: ms.iter().map(|m| m.max_abs_diff).fold(0.0, f64::max),
+        mse_mean: ms.iter().map(|m| m.mse).sum::<f64>() / n,
+        kl_mean: ms.iter().map(|m| m.kl).sum::<f64>() / n,
+        kl_max: ms.iter().map(|m| m.kl).fold(0.0, f64::max),
+        top1_agreement: ms.iter().filter(|m| m.top1_match).count() as f64 / n,
+        near_ties: ms.len() - decisive.len(),
+        top1_decisive: if decisive.is_empty() {
+            1.0
+        } else {
+            decisive.iter().filter(|m| m.top1_match).count() as f64 / decisive.len() as f64
+        },
+        top5_overlap_mean: ms.iter().map(|m| m.top5_overlap).sum::<f64>() / n,
+        first_divergence: ms.iter().find(|m| !m.top1_match).map(|m| m.pos),
+        nll_ref,
+        nll_ours,
+        nll_delta: nll_ours - nll_ref,
+        greedy_ok,
+    }
+}
+
+/// `compare` at every position of two row-major `[positions x v]` logit matrices.
+pub fn compare_all(reference: &[f32], ours: &[f32], v: usize) -> Vec<PositionMetrics> {
+    (0..reference.len() / v)
+        .map(|p| compare(p, &reference[p * v..(p + 1) * v], &ours[p * v..(p + 1) * v]))
+        .collect()
+}
+
+/// The summed negative log-likelihood of each next token of `seq` under `logits` (one row of
+/// `v` per position; the last row predicts nothing).
+pub fn nll_sum(logits: &[f32], seq: &[u32], v: usize) -> f64 {
+    (0..seq.len().saturating_sub(1))
+        .map(|p| bitnet::eval::nll(&logits[p * v..(p + 1) * v], seq[p + 1]))
+        .sum()
+}
+
+/// Where greedy generation from `theirs` would first leave `seq` after its first
+/// `prompt_len` tokens (`seq[p + 1]` was our argmax at `p`), with the reference's margin
+/// between its choice and ours; a margin below `near_tie` is a near-tie.
+pub fn greedy_divergence(
+    theirs: &[f32],
+    metrics: &[PositionMetrics],
+    seq: &[u32],
+    prompt_len: usize,
+    v: usize,
+    near_tie: f64,
+) -> Option<Divergence> {
+    (prompt_len.max(1) - 1..seq.len().saturating_sub(1))
+        .find(|&p| metrics[p].top1_ref != seq[p + 1])
+        .map(|p| {
+            let row = &theirs[p * v..(p + 1) * v];
+            let margin = (row[metrics[p].top1_ref as usize] - row[seq[p + 1] as usize]) as f64;
+            Divergence {
+                generated_index: p + 1 - prompt_len,
+                position: p,
+                ours: seq[p + 1],
+                reference: metrics[p].top1_ref,
+                ref_margin: margin,
+                near_tie: margin < near_tie,
+            }
+        })
+}
+
+/// The first position where greedy generation from the reference leaves our sequence.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Divergence {
+    /// Index in the generated continuation (0 = first generated token).
+    pub generated_index: usize,
+    pub position: usize,
+    pub ours: u32,
+    pub reference: u32,
+    /// Reference logit of its choice minus its logit of ours.
+    pub ref_margin: f64,
+    pub near_tie: bool,
 }
 
 #[cfg(test)]

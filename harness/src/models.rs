@@ -2,61 +2,79 @@
 //! checkpoint or from a Hugging Face fixture, synthesised, or an existing file). Built files are cached in the work directory:
 //! conversion and synthesis are deterministic, so a cached file is the file.
 
-use crate::gates::Context;
+use crate::context::Context;
 use bitnet::convert::{self, synth, FloatFormat, WeightFormat};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ModelSpec {
     /// The shared bitllama2c-3m checkpoint, converted.
     Llama2c {
         #[serde(default = "i2s")]
+        #[schemars(extend("enum" = ["i2_s", "tl2", "tq2_0", "tq1_0", "f32"]))]
         weights: String,
         #[serde(default = "f32")]
+        #[schemars(extend("enum" = ["f32", "f16", "q8_0"]))]
         embedding: String,
     },
     /// A synthetic preset.
     Synth {
+        #[schemars(extend("enum" = ["tiny", "large", "2b-4t"]))]
         preset: String,
         #[serde(default)]
         seed: u64,
         #[serde(default)]
+        #[schemars(with = "String", extend("enum" = ["silu", "relu2"]))]
         activation: Option<String>,
         #[serde(default = "i2s")]
+        #[schemars(extend("enum" = ["i2_s", "tl2", "tq2_0", "tq1_0", "f32"]))]
         weights: String,
         #[serde(default = "f16")]
+        #[schemars(extend("enum" = ["f32", "f16", "q8_0"]))]
         embedding: String,
         /// Shape overrides of the preset.
         #[serde(default)]
+        #[schemars(with = "usize", range(min = 1))]
         hidden: Option<usize>,
         #[serde(default)]
+        #[schemars(with = "usize", range(min = 1))]
         ffn: Option<usize>,
         #[serde(default)]
+        #[schemars(with = "usize", range(min = 1))]
         layers: Option<usize>,
         #[serde(default)]
+        #[schemars(with = "usize", range(min = 1))]
         heads: Option<usize>,
         #[serde(default)]
+        #[schemars(with = "usize", range(min = 1))]
         kv_heads: Option<usize>,
         /// The vocabulary GGUF (relative to the shared directory) instead of the preset's.
         #[serde(default)]
+        #[schemars(with = "String")]
         vocab: Option<String>,
         /// `"published"`: rewritten to the metadata layout of Microsoft's published 2B-4T
         /// GGUF (`bitnet-b1.58.*` keys, no pre-tokenizer key, the placeholder template).
         #[serde(default)]
+        #[schemars(with = "String", extend("enum" = ["published"]))]
         layout: Option<String>,
         /// RoPE base written into the file (default: the preset's).
         #[serde(default)]
+        #[schemars(with = "f32", extend("exclusiveMinimum" = 0))]
         rope_theta: Option<f32>,
     },
     /// A Hugging Face `BitNetForCausalLM` fixture (`crossval/hf/fixtures/NAME`, made by
     /// transformers itself), converted with `bitnet convert hf`.
     Hf {
+        /// A directory of crossval/hf/fixtures.
+        #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
         fixture: String,
         #[serde(default = "i2s")]
+        #[schemars(extend("enum" = ["i2_s", "tl2", "tq2_0", "tq1_0", "f32"]))]
         weights: String,
         #[serde(default = "f32")]
+        #[schemars(extend("enum" = ["f32", "f16", "q8_0"]))]
         embedding: String,
     },
     /// An existing GGUF (relative paths are relative to the shared directory).

@@ -5,10 +5,11 @@
 use bitnet::model::{Activation, Model};
 use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
+use bitnet_validate::crossval::ModelInfo;
 use bitnet_validate::crossval::{self, Reference, Report};
-use bitnet_validate::gates::{check_thresholds, Context, GatesFile};
+use bitnet_validate::gates::{check_thresholds, Context, Gate, GatesFile, Miss, Spec};
+use bitnet_validate::kinds;
 use bitnet_validate::models::ModelSpec;
-use bitnet_validate::runners;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -33,6 +34,13 @@ fn context() -> Context {
 }
 
 static BUILD: Mutex<()> = Mutex::new(());
+
+fn crossval_inputs(g: &Gate) -> &bitnet_validate::gates::spec::CrossvalInputs {
+    match &g.spec {
+        Spec::Crossval(i) => i,
+        s => panic!("{} is a {} gate", g.id, s.kind().name()),
+    }
+}
 
 fn real_model() -> PathBuf {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,8 +75,7 @@ fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
         .iter()
         .find(|g| g.id == "crossval-real-i2s-seq")
         .unwrap();
-    let mut references = runners::crossval_references(gate)
-        .unwrap()
+    let mut references = kinds::crossval::references(crossval_inputs(gate))
         .into_iter()
         .map(|r| Reference::open(r, &path, None, 128, 2).unwrap())
         .collect::<Vec<_>>();
@@ -86,7 +93,7 @@ fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
         &mut Session::new(&model).with_threads(2),
         &tok,
         &mut references,
-        runners::model_info(&model, &path).unwrap(),
+        ModelInfo::of(&model, &path).unwrap(),
         &opts,
     )
     .unwrap()
@@ -94,7 +101,7 @@ fn crossval_with(mutate: impl Fn(&mut Model)) -> Report {
 
 /// Runs the declared gate `id` on its model with the engine's configuration changed by
 /// `mutate`; returns the threshold misses.
-fn gate_misses_with(id: &str, mutate: impl Fn(&mut Model)) -> Vec<String> {
+fn gate_misses_with(id: &str, mutate: impl Fn(&mut Model)) -> Vec<Miss> {
     let ctx = context();
     let f = GatesFile::load(&root().join("ci/gates.toml")).unwrap();
     let gate = f.gates.iter().find(|g| g.id == id).expect("gate declared");
@@ -106,17 +113,16 @@ fn gate_misses_with(id: &str, mutate: impl Fn(&mut Model)) -> Vec<String> {
     let mut model = Model::load(&path).unwrap();
     mutate(&mut model);
     let tok = Tokenizer::from_gguf(&model.file).unwrap();
-    let mut references = runners::crossval_references(gate)
-        .unwrap()
+    let mut references = kinds::crossval::references(crossval_inputs(gate))
         .into_iter()
         .map(|r| Reference::open(r, &path, spec.fixture_dir(&ctx).as_deref(), 128, 2).unwrap())
         .collect::<Vec<_>>();
-    let opts = runners::crossval_options(gate).unwrap();
+    let opts = kinds::crossval::options(crossval_inputs(gate));
     let r = crossval::run(
         &mut Session::new(&model).with_threads(2),
         &tok,
         &mut references,
-        runners::model_info(&model, &path).unwrap(),
+        ModelInfo::of(&model, &path).unwrap(),
         &opts,
     )
     .unwrap();

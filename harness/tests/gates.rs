@@ -3,7 +3,8 @@
 //! Gates marked `release_only` (timed ratios) are listed as ignored in debug builds; the
 //! release `bitnet-validate gates` run checks them.
 
-use bitnet_validate::gates::{run_gate, Context, GatesFile};
+use bitnet_validate::gates::{Context, GatesFile};
+use bitnet_validate::runner::run_gate;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,10 +27,7 @@ fn main() {
         .map(|g| {
             let ctx = ctx.clone();
             let g_release_only = g.release_only;
-            let kind = serde_json::to_value(g.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let kind = g.kind().name();
             Trial::test(g.id.clone(), move || {
                 let o = run_gate(&g, &ctx);
                 if o.passed || !o.required {

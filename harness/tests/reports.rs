@@ -1,8 +1,9 @@
 //! The gates file and the reports are checked against their schemas; a golden mismatch and a
 //! failing gate show up as failures in every report format.
 
-use bitnet_validate::gates::{run_gate, Context, Gate, GatesFile, Kind};
+use bitnet_validate::gates::{Context, Gate, GatesFile};
 use bitnet_validate::report;
+use bitnet_validate::runner::run_gate;
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
@@ -32,6 +33,21 @@ fn the_gates_file_matches_its_schema() {
     assert!(errors(&v, &bad).len() >= 2);
 }
 
+#[test]
+fn the_checked_in_gates_schema_is_the_generated_one() {
+    let generated = bitnet_validate::gates::schema::gates_schema();
+    let path = root().join("schemas/gates.schema.json");
+    let checked_in: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        checked_in == generated,
+        "{} differs from the schema generated from the gate types; regenerate it with `{}` \
+         and review the diff",
+        path.display(),
+        bitnet_validate::gates::schema::REGENERATE
+    );
+}
+
 /// A scratch repository root with a golden snapshot whose expected ids were tampered with.
 fn tampered_root() -> PathBuf {
     let r = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tampered-root");
@@ -51,17 +67,15 @@ fn tampered_root() -> PathBuf {
     r
 }
 
-fn gate(id: &str, kind: Kind, inputs: &str, thresholds: &str) -> Gate {
-    Gate {
-        id: id.into(),
-        kind,
-        description: String::new(),
-        required: true,
-        model: None,
-        inputs: toml::from_str(inputs).unwrap(),
-        thresholds: toml::from_str(thresholds).unwrap(),
-        release_only: false,
-    }
+/// A gate as the gates file would declare it.
+fn gate(id: &str, kind: &str, inputs: &str, thresholds: &str) -> Gate {
+    let text = format!(
+        "[[gate]]\nid = \"{id}\"\nkind = \"{kind}\"\ninputs = {{ {inputs} }}\nthresholds = {{ {thresholds} }}\n"
+    );
+    GatesFile::parse(&text, std::path::Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .gates
+        .remove(0)
 }
 
 #[test]
@@ -76,19 +90,19 @@ fn reports_validate_and_show_failures() {
     let gates = [
         gate(
             "kernel-small",
-            Kind::Kernel,
+            "kernel",
             "shapes = 8",
             "mismatched_shapes = 0",
         ),
         gate(
             "golden-tampered",
-            Kind::Golden,
+            "golden",
             "file = \"golden/tampered.json\"",
             "mismatches = 0",
         ),
         gate(
             "kernel-impossible",
-            Kind::Kernel,
+            "kernel",
             "shapes = 4",
             "shapes = { min = 50 }",
         ),

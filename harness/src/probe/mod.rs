@@ -14,6 +14,9 @@
 //! | `sse` | SSE decoding and what a request came to (completed, rejected, lost, ...) |
 //! | `verdict` | the records of a run, the verdict and the timeline computed from them |
 //! | `run` | the driver: process, probes, load, faults on tokio + reqwest |
+//!
+//! The `probe` gate kind, which runs a scenario (and an optional baseline) for a gate, is
+//! `crate::kinds::probe`.
 
 pub mod kubelet;
 pub mod run;
@@ -21,8 +24,7 @@ pub mod scenario;
 pub mod sse;
 pub mod verdict;
 
-use crate::gates::{check_thresholds, Context, Gate};
-use crate::runners::RunResult;
+use crate::gates::check_thresholds;
 pub use run::Target;
 pub use scenario::Scenario;
 use serde_json::{json, Value as Json};
@@ -91,7 +93,10 @@ impl Report {
 pub fn execute(s: &Scenario, target: Target) -> Result<Report, String> {
     let record = run::run(s, target)?;
     let verdict = Verdict::from_run(&record, &run::readiness_path_probes(s));
-    let misses = check_thresholds(&s.expect, &verdict.to_json());
+    let misses = check_thresholds(&s.expect, &verdict.to_json())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Ok(Report {
         timeline: verdict::timeline(&record),
         verdict,
@@ -118,121 +123,4 @@ pub fn find_bitnet() -> Result<PathBuf, String> {
                 candidates[1].display()
             )
         })
-}
-
-/// The `probe` gate: `inputs.scenario` (relative to the gates file's directory) is launched
-/// with its `[server]`, the verdict is the measurements (plus `expectations_met`), and the
-/// verdict, timeline and server log go to `<work>/reports/<id>.*`.
-pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
-    let rel = g
-        .inputs
-        .get("scenario")
-        .and_then(|v| v.as_str())
-        .ok_or("a probe gate needs inputs.scenario = \"probes/NAME.toml\"")?;
-    let s = Scenario::load(&ctx.data.join(rel))?;
-    let server = s
-        .server
-        .as_ref()
-        .ok_or_else(|| format!("{rel}: a probe gate launches its server: add [server]"))?;
-    let model = server.model.materialize(ctx)?;
-    let rounds = match g.inputs.get("rounds") {
-        None => 1,
-        Some(v) => match v.as_integer() {
-            Some(n) if (1..=9).contains(&n) && g.inputs.contains_key("baseline") => n as usize,
-            _ => return Err("inputs.rounds must be 1..=9, with inputs.baseline".into()),
-        },
-    };
-    let bin = find_bitnet()?;
-    // An optional baseline scenario runs first on its own server; the gate then also reports
-    // this scenario's throughput as a ratio of the baseline's (e.g. 4 streams vs 1). With
-    // `inputs.rounds = N` the pair runs N times, alternating, and the ratio is the median of
-    // the N ratios: a throughput ratio from one short window on a shared machine is noisy.
-    let baseline = match g.inputs.get("baseline").and_then(|v| v.as_str()) {
-        None => None,
-        Some(b) => {
-            let bs = Scenario::load(&ctx.data.join(b))?;
-            let bm = bs
-                .server
-                .as_ref()
-                .ok_or_else(|| format!("{b}: a baseline scenario launches its server"))?
-                .model
-                .materialize(ctx)?;
-            Some((bs, bm))
-        }
-    };
-    let mut ratios = Vec::new();
-    let mut base_met = true;
-    // Every round's expectations must hold, not only the last one's.
-    let mut misses = Vec::new();
-    let mut last = None;
-    for round in 0..rounds {
-        let base = match &baseline {
-            None => None,
-            Some((bs, bm)) => {
-                let target = Target::Launch {
-                    bin: bin.clone(),
-                    model: bm.clone(),
-                };
-                let r = execute(bs, target)?;
-                r.write(&ctx.work.join("reports"), &format!("{}.baseline", g.id))?;
-                base_met &= r.misses.is_empty();
-                Some(r)
-            }
-        };
-        let target = Target::Launch {
-            bin: bin.clone(),
-            model: model.clone(),
-        };
-        let report = execute(&s, target)?;
-        report.write(&ctx.work.join("reports"), &g.id)?;
-        misses.extend(report.misses.iter().map(|m| match rounds {
-            1 => m.clone(),
-            _ => format!("round {}: {m}", round + 1),
-        }));
-        if let Some(b) = &base {
-            let (ours, base) = (report.verdict.tokens_per_s, b.verdict.tokens_per_s);
-            ratios.push((ours.unwrap_or(0.0), base.unwrap_or(0.0)));
-            if rounds > 1 {
-                eprintln!(
-                    "  round {}: {:.1} vs baseline {:.1} tok/s",
-                    round + 1,
-                    ours.unwrap_or(0.0),
-                    base.unwrap_or(0.0)
-                );
-            }
-        }
-        last = Some(report);
-    }
-    let report = last.ok_or("no rounds ran")?;
-    let mut summary = report.summary();
-    let mut measurements = report.measurements();
-    measurements["expectations_met"] = json!(misses.is_empty());
-    if baseline.is_some() {
-        let each: Vec<f64> = ratios.iter().map(|(o, b)| o / b.max(1e-9)).collect();
-        let ratio = bitnet::measure::median(&each);
-        let (ours, base) = ratios[ratios.len() - 1];
-        measurements["baseline_tokens_per_s"] = json!(base);
-        measurements["baseline_expectations_met"] = json!(base_met);
-        measurements["tokens_per_s_ratio"] = json!((ratio * 1000.0).round() / 1000.0);
-        measurements["tokens_per_s_ratios"] = json!(each
-            .iter()
-            .map(|r| (r * 1000.0).round() / 1000.0)
-            .collect::<Vec<_>>());
-        summary = if rounds == 1 {
-            format!("{summary}; {ours:.1} vs baseline {base:.1} tok/s = {ratio:.2}x")
-        } else {
-            let list: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
-            format!(
-                "{summary}; median of {rounds} rounds {ratio:.2}x ({}; last {ours:.1} vs baseline {base:.1} tok/s)",
-                list.join(", ")
-            )
-        };
-    }
-    if !misses.is_empty() {
-        summary = format!(
-            "{summary}; scenario expectations missed: {}",
-            misses.join("; ")
-        );
-    }
-    Ok((summary, measurements))
 }

@@ -2,7 +2,7 @@
 //! reference, AVX2 against scalar), never as absolute times, which on a shared 2-core machine
 //! are noise. Every ratio is a median over interleaved repeats.
 //!
-//! `inputs.bench = "model"` (the default) runs `bitnet-validate timing` (that is,
+//! `inputs.bench = "model"` runs `bitnet-validate timing` (that is,
 //! `bitnet bench --vs-reference`) on the gate's model in a child process, so the peak RSS it
 //! reports is that run's alone. Inputs `prompt`, `gen`, `threads` (array), `repeats`,
 //! `also_2024` (bool). Measurements per thread count N: `prefill_ratio_tN`, `gen_ratio_tN`
@@ -21,8 +21,9 @@
 //! Both report `checked_build`: whether this harness (and so the engine it times) was built
 //! with debug assertions, as `cargo test` builds it, which makes the engine markedly slower.
 
-use crate::gates::{Context, Gate};
-use crate::runners::{i2s_weight, input_bool, input_int, RunResult};
+use crate::gates::spec::{PerfInputs, PerfKernelInputs, PerfModelInputs};
+use crate::gates::{Job, Measured, RunError};
+use crate::i2s::i2s_weight;
 use bitnet::measure::median;
 use bitnet::quant::i2s;
 use bitnet::quant::matmul::{Isa, KernelStats};
@@ -32,28 +33,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub fn gate(g: &Gate, ctx: &Context) -> RunResult {
-    match g.inputs.get("bench").map(|v| v.as_str()) {
-        None | Some(Some("model")) => model(g, ctx),
-        Some(Some("kernel")) => kernel(g),
-        Some(other) => Err(format!("bench {other:?}: \"model\" or \"kernel\"")),
+pub fn run(job: &Job, inputs: &PerfInputs) -> Result<Measured, RunError> {
+    match inputs {
+        PerfInputs::Model(m) => model(job, m),
+        PerfInputs::Kernel(k) => kernel(k),
     }
-}
-
-fn int_list(g: &Gate, key: &str, default: &[i64]) -> Result<Vec<i64>, String> {
-    let Some(v) = g.inputs.get(key) else {
-        return Ok(default.to_vec());
-    };
-    let list = v
-        .as_array()
-        .ok_or(format!("input {key} must be an array of integers"))?;
-    let ints: Vec<i64> = list.iter().filter_map(|x| x.as_integer()).collect();
-    if ints.len() != list.len() || ints.is_empty() || ints.iter().any(|&i| i < 1) {
-        return Err(format!(
-            "input {key} must be a non-empty array of positive integers"
-        ));
-    }
-    Ok(ints)
 }
 
 /// The `bitnet-validate` binary: this process, or beside the test binary that runs the gates.
@@ -70,48 +54,47 @@ fn validate_binary() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} not found beside {}", exe.display()))
 }
 
-fn model(g: &Gate, ctx: &Context) -> RunResult {
-    let spec = g.model.as_ref().ok_or("a model perf gate needs a model")?;
-    let path = spec.materialize(ctx)?;
-    let threads = int_list(g, "threads", &[1])?;
-    let (prompt, gen, repeats) = (
-        input_int(g, "prompt", 64)?,
-        input_int(g, "gen", 32)?,
-        input_int(g, "repeats", 5)?,
-    );
-    let also_2024 = input_bool(g, "also_2024")?;
-    let dir = ctx.work.join("reports");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let json_path = dir.join(format!("{}.bench.json", g.id));
-    let list = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+fn model(job: &Job, inputs: &PerfModelInputs) -> Result<Measured, RunError> {
+    let path = job.model_path()?;
+    let PerfModelInputs {
+        prompt,
+        gen,
+        ref threads,
+        repeats,
+        also_2024,
+    } = *inputs;
+    let json_path = job
+        .work_dir("reports")?
+        .join(format!("{}.bench.json", job.id));
+    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let out = Command::new(validate_binary()?)
         .arg("timing")
         .arg("-m")
-        .arg(&path)
+        .arg(path)
         .args(["-p", &prompt.to_string(), "-n", &gen.to_string()])
-        .args(["-t", &list(&threads), "--repeats", &repeats.to_string()])
+        .args(["-t", &list(threads), "--repeats", &repeats.to_string()])
         .args(also_2024.then_some("--also-2024"))
         .arg("--json")
         .arg(&json_path)
         .output()
         .map_err(|e| format!("running bitnet-validate timing: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(RunError::Kind(format!(
             "bitnet-validate timing failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
-    let text =
-        std::fs::read_to_string(&json_path).map_err(|e| format!("{}: {e}", json_path.display()))?;
-    let report: Json = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let (summary, mut m) = measurements(&report)?;
-    m["checked_build"] = json!(cfg!(debug_assertions));
-    Ok((summary, m))
+    let text = std::fs::read_to_string(&json_path).map_err(RunError::io(&json_path))?;
+    let report: Json = serde_json::from_str(&text)
+        .map_err(|e| RunError::kind(format!("{}: {e}", json_path.display())))?;
+    let mut m = measurements(&report)?;
+    m.measurements["checked_build"] = json!(cfg!(debug_assertions));
+    Ok(m)
 }
 
 /// The ratios of a `bitnet bench --vs-reference` JSON report.
-pub fn measurements(report: &Json) -> RunResult {
+pub fn measurements(report: &Json) -> Result<Measured, RunError> {
     let bad = |what: &str| format!("bench report without {what}");
     let mut m = Map::new();
     let mut summary = Vec::new();
@@ -147,7 +130,7 @@ pub fn measurements(report: &Json) -> RunResult {
         peak / 1048576.0,
         bound / 1048576.0
     ));
-    Ok((
+    Ok(Measured::new(
         format!("ours/reference: {}", summary.join("; ")),
         Json::Object(m),
     ))
@@ -163,22 +146,21 @@ fn per_call(min: Duration, mut f: impl FnMut() -> Result<Duration, String>) -> R
     Ok(total.as_secs_f64() / calls as f64)
 }
 
-fn kernel(g: &Gate) -> RunResult {
-    let (rows, cols) = (
-        input_int(g, "rows", 6912)? as usize,
-        input_int(g, "cols", 2560)? as usize,
-    );
+fn kernel(inputs: &PerfKernelInputs) -> Result<Measured, RunError> {
+    // `Spec::check` holds cols to a positive multiple of 128 and tokens to positive counts at
+    // load; the same check here keeps a gate built in code from reaching the kernels.
+    let (rows, cols) = (inputs.rows, inputs.cols);
     if rows == 0 || cols == 0 || !cols.is_multiple_of(128) {
-        return Err(format!(
+        return Err(RunError::Kind(format!(
             "rows {rows} x cols {cols}: cols must be a positive multiple of 128"
-        ));
+        )));
     }
-    let tokens = int_list(g, "tokens", &[1])?;
-    let repeats = input_int(g, "repeats", 7)?.max(1) as usize;
-    let min = Duration::from_millis(input_int(g, "min_ms", 20)?.max(1) as u64);
-    let mut rng = Rng::new(input_int(g, "seed", 1)? as u64);
+    let tokens = &inputs.tokens;
+    let repeats = inputs.repeats.max(1);
+    let min = Duration::from_millis(inputs.min_ms.max(1));
+    let mut rng = Rng::new(inputs.seed);
     let values: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
-    let bytes = i2s::pack(&values, rows, cols, 0.02).map_err(|e| e.to_string())?;
+    let bytes = i2s::pack(&values, rows, cols, 0.02).map_err(RunError::kind)?;
     let w = i2s_weight(&bytes, rows, cols)?;
     let stats = KernelStats::default();
     let ours = |isa: Isa, x: &[f32], n: usize, out: &mut Vec<f32>| -> Result<Duration, String> {
@@ -186,7 +168,7 @@ fn kernel(g: &Gate) -> RunResult {
         w.matmul_isa(isa, x, n, out, 1, &stats);
         Ok(t0.elapsed())
     };
-    let also_2024 = input_bool(g, "also_2024")?;
+    let also_2024 = inputs.also_2024;
     // The product users get: the best ISA this CPU has.
     let best = Isa::detect();
     let mut speedups = Vec::new();
@@ -194,7 +176,6 @@ fn kernel(g: &Gate) -> RunResult {
     let mut vs_2024: Vec<Vec<f64>> = vec![Vec::new(); tokens.len()];
     for _ in 0..repeats {
         for (k, &n) in tokens.iter().enumerate() {
-            let n = n as usize;
             let x: Vec<f32> = (0..n * cols)
                 .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
                 .collect();
@@ -248,7 +229,7 @@ fn kernel(g: &Gate) -> RunResult {
         }
         summary.push(line);
     }
-    Ok((
+    Ok(Measured::new(
         format!(
             "I2_S {cols}x{rows}, 1 thread, median of {repeats}: {}",
             summary.join(", ")
@@ -260,62 +241,88 @@ fn kernel(g: &Gate) -> RunResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gates::Kind;
+    use crate::gates::GatesFile;
+    use std::path::Path;
 
-    fn perf_gate(inputs: &str) -> Gate {
-        Gate {
-            id: "p".into(),
-            kind: Kind::Perf,
-            description: String::new(),
-            required: true,
-            model: None,
-            inputs: toml::from_str(inputs).unwrap(),
-            thresholds: toml::Table::new(),
-            release_only: false,
-        }
+    /// A perf gate with `inputs` (and a model when `model`), or the loader's error.
+    fn load(inputs: &str, model: bool) -> Result<GatesFile, String> {
+        let text = format!(
+            "[[gate]]\nid = \"p\"\nkind = \"perf\"\ninputs = {{ {inputs} }}\n{}",
+            if model {
+                "model = { source = \"llama2c\" }\n"
+            } else {
+                ""
+            }
+        );
+        GatesFile::parse(&text, Path::new("t.toml")).map_err(|e| e.to_string())
     }
 
     #[test]
     fn bad_perf_gates_are_errors() {
-        let ctx = Context {
-            shared: PathBuf::new(),
-            work: PathBuf::new(),
-            data: PathBuf::new(),
-            root: PathBuf::new(),
-            threads: 1,
-        };
-        for (inputs, want) in [
-            ("bench = \"vibes\"", "\"model\" or \"kernel\""),
-            ("bench = \"model\"", "needs a model"),
-            ("", "needs a model"),
-            ("bench = \"kernel\"\ncols = 100", "multiple of 128"),
-            ("bench = \"kernel\"\ntokens = [0]", "positive integers"),
+        for (inputs, model, want) in [
+            ("bench = \"vibes\"", true, "unknown variant `vibes`"),
+            ("bench = \"model\"", false, "needs a model"),
+            ("", true, "missing field `bench`"),
+            ("bench = \"kernel\"", true, "reads no model"),
+            ("bench = \"kernel\", cols = 100", false, "multiple of 128"),
+            (
+                "bench = \"kernel\", tokens = [0]",
+                false,
+                "positive integers",
+            ),
+            ("bench = \"model\", threads = []", true, "positive integers"),
+            ("bench = \"model\", rows = 64", true, "unknown field `rows`"),
+            ("bench = \"kernel\", gen = 8", false, "unknown field `gen`"),
         ] {
-            let e = gate(&perf_gate(inputs), &ctx).unwrap_err();
+            let e = load(inputs, model).unwrap_err();
             assert!(e.contains(want), "{inputs:?}: {e}");
+            assert!(e.contains("gate p"), "{inputs:?}: {e}");
         }
+        let f = load(
+            "bench = \"kernel\", tokens = [1, 16], also_2024 = true",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            f.gates[0].spec,
+            crate::gates::Spec::Perf(PerfInputs::Kernel(PerfKernelInputs {
+                rows: 6912,
+                cols: 2560,
+                tokens: vec![1, 16],
+                repeats: 7,
+                min_ms: 20,
+                seed: 1,
+                also_2024: true,
+            }))
+        );
     }
 
     #[test]
     fn the_schema_knows_perf_gates() {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let text = std::fs::read_to_string(root.join("schemas/gates.schema.json")).unwrap();
         let v = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
         let model = json!({"source": "llama2c"});
         let ok = |g: Json| v.is_valid(&json!({ "gate": [g] }));
-        assert!(ok(json!({"id": "a", "kind": "perf", "model": model})));
+        assert!(ok(
+            json!({"id": "a", "kind": "perf", "model": model, "inputs": {"bench": "model"}})
+        ));
         assert!(ok(
             json!({"id": "a", "kind": "perf", "inputs": {"bench": "kernel"}})
         ));
         assert!(
-            !ok(json!({"id": "a", "kind": "perf"})),
+            !ok(json!({"id": "a", "kind": "perf", "model": model})),
+            "bench is required"
+        );
+        assert!(
+            !ok(json!({"id": "a", "kind": "perf", "inputs": {"bench": "model"}})),
             "a model gate needs a model"
         );
         assert!(!ok(
-            json!({"id": "a", "kind": "perf", "inputs": {"bench": "model"}})
+            json!({"id": "a", "kind": "perf", "model": model, "inputs": {"bench": "vibes"}})
         ));
         assert!(!ok(
-            json!({"id": "a", "kind": "perf", "model": model, "inputs": {"bench": "vibes"}})
+            json!({"id": "a", "kind": "perf", "model": model, "inputs": {"bench": "model", "rows": 1}})
         ));
     }
 
@@ -325,7 +332,7 @@ mod tests {
             "rows": [{"threads": 1, "prefill_ratio": 0.9, "gen_ratio": 1.1}],
             "memory": {"peak_rss_bytes": 50.0, "bound_bytes": 100.0, "within_bound": true}
         });
-        let (_, m) = measurements(&report).unwrap();
+        let m = measurements(&report).unwrap().measurements;
         assert_eq!(m["prefill_ratio_t1"], json!(0.9));
         assert_eq!(m["gen_ratio_t1"], json!(1.1));
         assert_eq!(m["peak_rss_within_bound"], json!(true));

@@ -11,185 +11,20 @@
 //! as a near-tie (the reference's margin between its choice and ours below `near_tie`), and
 //! near-ties are counted: top-1 agreement is also given over the decisive positions alone.
 
-use crate::metrics::{compare, PositionMetrics};
-use bitnet::eval::nll;
+use crate::metrics::{compare_all, summarize, PositionMetrics};
+pub use crate::metrics::{Divergence, Summary};
 use bitnet::generate::{generate, GenerateOptions};
 use bitnet::model::Model;
 use bitnet::sample::SamplerParams;
 use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
-use bitnet_crossval::RefModel;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use bitnet::eval::Mode;
 
-/// Which reference: the names gates and the CLI use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum RefName {
-    /// BitNet.cpp 0.0.5 (crates.io `bitnet-cpp-sys`): arch `bitnet` only, SiLU.
-    #[serde(rename = "bitnet.cpp-0.0.5")]
-    #[value(name = "bitnet.cpp-0.0.5")]
-    Cpp2024,
-    /// BitNet.cpp January 2026 (crates.io `bitnet-llm-sys` 1.0.2): also `bitnet-b1.58`, relu2.
-    #[serde(rename = "bitnet.cpp-2026")]
-    #[value(name = "bitnet.cpp-2026")]
-    Cpp2026,
-    /// transformers' float32 logits recorded in a HF fixture (`crossval/hf/fixtures`).
-    #[serde(rename = "transformers")]
-    #[value(name = "transformers")]
-    Transformers,
-    /// This engine on the file as stored: judges a load-time option such as `--head q8_0`
-    /// against the file's own head.
-    #[serde(rename = "engine-as-stored")]
-    #[value(name = "engine-as-stored")]
-    EngineAsStored,
-}
-
-impl RefName {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "bitnet.cpp-0.0.5" => Ok(RefName::Cpp2024),
-            "bitnet.cpp-2026" => Ok(RefName::Cpp2026),
-            "transformers" => Ok(RefName::Transformers),
-            "engine-as-stored" => Ok(RefName::EngineAsStored),
-            _ => Err(format!(
-                "unknown reference {s:?} (bitnet.cpp-0.0.5, bitnet.cpp-2026, transformers, \
-                 engine-as-stored)"
-            )),
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefName::Cpp2024 => "bitnet.cpp-0.0.5",
-            RefName::Cpp2026 => "bitnet.cpp-2026",
-            RefName::Transformers => "transformers",
-            RefName::EngineAsStored => "engine-as-stored",
-        }
-    }
-}
-
-/// A source of reference tokenizations and teacher-forced logits.
-pub enum Reference {
-    Cpp2024(RefModel),
-    Cpp2026 {
-        model: PathBuf,
-        threads: usize,
-    },
-    /// Recorded logits: only the fixture's text and token ids can be asked for.
-    Transformers {
-        text: String,
-        ids: Vec<u32>,
-        logits: Vec<f32>,
-    },
-    EngineAsStored(Box<(Model, Tokenizer, usize)>),
-}
-
-impl Reference {
-    /// Opens `name` for the GGUF at `model`; `fixture` is the HF checkpoint directory the model
-    /// was converted from (needed for transformers).
-    pub fn open(
-        name: RefName,
-        model: &Path,
-        fixture: Option<&Path>,
-        n_ctx: usize,
-        threads: usize,
-    ) -> Result<Self, String> {
-        match name {
-            RefName::Cpp2024 => Ok(Reference::Cpp2024(
-                RefModel::load(model, n_ctx, threads).map_err(|e| e.to_string())?,
-            )),
-            RefName::Cpp2026 => Ok(Reference::Cpp2026 {
-                model: model.to_path_buf(),
-                threads,
-            }),
-            RefName::EngineAsStored => {
-                let m = Model::load(model).map_err(|e| e.to_string())?;
-                let tok = Tokenizer::from_gguf(&m.file).map_err(|e| e.to_string())?;
-                Ok(Reference::EngineAsStored(Box::new((m, tok, threads))))
-            }
-            RefName::Transformers => {
-                let dir = fixture.ok_or(
-                    "the transformers reference needs a model converted from a HF fixture \
-                     (model.source = \"hf\")",
-                )?;
-                let read = |f: &str| {
-                    std::fs::read(dir.join(f))
-                        .map_err(|e| format!("{}: {e}", dir.join(f).display()))
-                };
-                let t: serde_json::Value = serde_json::from_slice(&read("tokens.json")?)
-                    .map_err(|e| format!("tokens.json: {e}"))?;
-                let text = t["text"]
-                    .as_str()
-                    .ok_or("tokens.json: no text")?
-                    .to_string();
-                let ids = t["ids"]
-                    .as_array()
-                    .ok_or("tokens.json: no ids")?
-                    .iter()
-                    .map(|v| v.as_u64().map(|x| x as u32).ok_or("tokens.json: bad id"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let (n, _, logits) =
-                    bitnet_crossval::ref2026::read_logits_file(&read("logits_f32.bin")?)?;
-                if n != ids.len() {
-                    return Err(format!(
-                        "logits_f32.bin has {n} rows for {} tokens",
-                        ids.len()
-                    ));
-                }
-                Ok(Reference::Transformers { text, ids, logits })
-            }
-        }
-    }
-
-    pub fn name(&self) -> RefName {
-        match self {
-            Reference::Cpp2024(_) => RefName::Cpp2024,
-            Reference::Cpp2026 { .. } => RefName::Cpp2026,
-            Reference::Transformers { .. } => RefName::Transformers,
-            Reference::EngineAsStored(_) => RefName::EngineAsStored,
-        }
-    }
-
-    /// The reference's tokens for `text`, BOS first.
-    pub fn tokenize(&mut self, text: &str) -> Result<Vec<u32>, String> {
-        match self {
-            Reference::Cpp2024(r) => r.tokenize(text, true, false).map_err(|e| e.to_string()),
-            Reference::Cpp2026 { model, .. } => {
-                bitnet_crossval::ref2026::tokenize(model, text, true)
-            }
-            Reference::EngineAsStored(e) => Ok(e.1.encode(text, true, false)),
-            Reference::Transformers { text: t, ids, .. } if t == text => Ok(ids.clone()),
-            Reference::Transformers { text: t, .. } => Err(format!(
-                "transformers' tokens are recorded for {t:?} only (asked for {text:?})"
-            )),
-        }
-    }
-
-    /// Teacher-forced logits of every position of `seq`, `n_vocab` per row.
-    pub fn logits(&mut self, seq: &[u32], batch: bool) -> Result<Vec<f32>, String> {
-        match self {
-            Reference::Cpp2024(r) => r.logits(seq, batch).map_err(|e| e.to_string()),
-            Reference::Cpp2026 { model, threads } => {
-                bitnet_crossval::ref2026::logits(model, seq, batch, *threads).map(|(_, l)| l)
-            }
-            Reference::EngineAsStored(e) => {
-                let mut session = Session::new(&e.0).with_threads(e.2);
-                our_logits(
-                    &mut session,
-                    seq,
-                    if batch { Mode::Batch } else { Mode::Seq },
-                )
-            }
-            Reference::Transformers { ids, logits, .. } if ids == seq => Ok(logits.clone()),
-            Reference::Transformers { .. } => Err(
-                "transformers' logits are recorded for the fixture's tokens only: use its text \
-                 as the one prompt and no continuation"
-                    .into(),
-            ),
-        }
-    }
-}
+mod reference;
+pub use reference::{RefName, Reference};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -206,42 +41,6 @@ pub const DEFAULT_PROMPTS: &[&str] = &[
     "The little dog ran to the park and",
     "Lily and Ben were best friends. One day,",
 ];
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Divergence {
-    /// Index in the generated continuation (0 = first generated token).
-    pub generated_index: usize,
-    pub position: usize,
-    pub ours: u32,
-    pub reference: u32,
-    /// Reference logit of its choice minus its logit of ours.
-    pub ref_margin: f64,
-    pub near_tie: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Summary {
-    pub positions: usize,
-    pub cosine_min: f64,
-    pub cosine_mean: f64,
-    pub max_abs_diff: f64,
-    pub mse_mean: f64,
-    pub kl_mean: f64,
-    pub kl_max: f64,
-    pub top1_agreement: f64,
-    /// Positions where the reference's top-2 margin is below `near_tie`.
-    pub near_ties: usize,
-    /// Top-1 agreement over the other (decisive) positions; 1 when there are none.
-    pub top1_decisive: f64,
-    pub top5_overlap_mean: f64,
-    /// First teacher-forced position whose top-1 differs, if any.
-    pub first_divergence: Option<usize>,
-    pub nll_ref: f64,
-    pub nll_ours: f64,
-    pub nll_delta: f64,
-    /// Greedy generation identical, or diverging only at a near-tie.
-    pub greedy_ok: bool,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PromptReport {
@@ -276,6 +75,21 @@ pub struct ModelInfo {
     pub vocab: usize,
     pub layers: usize,
     pub hidden: usize,
+}
+
+impl ModelInfo {
+    /// The loaded `model` read from `path`.
+    pub fn of(model: &Model, path: &Path) -> Result<Self, String> {
+        Ok(ModelInfo {
+            path: path.display().to_string(),
+            sha256: bitnet::receipt::sha256_file(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            arch: model.config.arch.clone(),
+            vocab: model.config.vocab_size,
+            layers: model.config.n_layers,
+            hidden: model.config.dim,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -314,41 +128,12 @@ impl Report {
     }
 }
 
-fn summarize(
-    ms: &[PositionMetrics],
-    nll_ref: f64,
-    nll_ours: f64,
-    greedy_ok: bool,
-    near_tie: f64,
-) -> Summary {
-    let n = ms.len().max(1) as f64;
-    let decisive: Vec<_> = ms.iter().filter(|m| m.ref_margin >= near_tie).collect();
-    Summary {
-        positions: ms.len(),
-        cosine_min: ms.iter().map(|m| m.cosine).fold(f64::INFINITY, f64::min),
-        cosine_mean: ms.iter().map(|m| m.cosine).sum::<f64>() / n,
-        max_abs_diff: ms.iter().map(|m| m.max_abs_diff).fold(0.0, f64::max),
-        mse_mean: ms.iter().map(|m| m.mse).sum::<f64>() / n,
-        kl_mean: ms.iter().map(|m| m.kl).sum::<f64>() / n,
-        kl_max: ms.iter().map(|m| m.kl).fold(0.0, f64::max),
-        top1_agreement: ms.iter().filter(|m| m.top1_match).count() as f64 / n,
-        near_ties: ms.len() - decisive.len(),
-        top1_decisive: if decisive.is_empty() {
-            1.0
-        } else {
-            decisive.iter().filter(|m| m.top1_match).count() as f64 / decisive.len() as f64
-        },
-        top5_overlap_mean: ms.iter().map(|m| m.top5_overlap).sum::<f64>() / n,
-        first_divergence: ms.iter().find(|m| !m.top1_match).map(|m| m.pos),
-        nll_ref,
-        nll_ours,
-        nll_delta: nll_ours - nll_ref,
-        greedy_ok,
-    }
-}
-
 /// Teacher-forced logits from our engine (the same path as `bitnet logits`).
-fn our_logits(session: &mut Session, tokens: &[u32], mode: Mode) -> Result<Vec<f32>, String> {
+pub(crate) fn our_logits(
+    session: &mut Session,
+    tokens: &[u32],
+    mode: Mode,
+) -> Result<Vec<f32>, String> {
     bitnet::eval::teacher_forced_logits(session, tokens, mode).map_err(|e| e.to_string())
 }
 
@@ -400,28 +185,18 @@ fn judge(
     } else {
         None
     };
-    let (mut nll_ref, mut nll_ours) = (0f64, 0f64);
-    for p in 0..s.seq.len() - 1 {
-        nll_ref += nll(&theirs[p * v..(p + 1) * v], s.seq[p + 1]);
-        nll_ours += nll(&s.ours[p * v..(p + 1) * v], s.seq[p + 1]);
-    }
+    let nll_ref = crate::metrics::nll_sum(&theirs, &s.seq, v);
+    let nll_ours = crate::metrics::nll_sum(&s.ours, &s.seq, v);
     // Greedy: our token at p + 1 was our argmax at p; where the reference's differs first,
     // its generation would have diverged.
-    let first = s.prompt_tokens.len();
-    let divergence = (first - 1..s.seq.len() - 1)
-        .find(|&p| metrics[p].top1_ref != s.seq[p + 1])
-        .map(|p| {
-            let row = &theirs[p * v..(p + 1) * v];
-            let margin = (row[metrics[p].top1_ref as usize] - row[s.seq[p + 1] as usize]) as f64;
-            Divergence {
-                generated_index: p + 1 - first,
-                position: p,
-                ours: s.seq[p + 1],
-                reference: metrics[p].top1_ref,
-                ref_margin: margin,
-                near_tie: margin < opts.near_tie,
-            }
-        });
+    let divergence = crate::metrics::greedy_divergence(
+        &theirs,
+        &metrics,
+        &s.seq,
+        s.prompt_tokens.len(),
+        v,
+        opts.near_tie,
+    );
     Ok(Judged {
         reference_tokens,
         metrics,
@@ -430,6 +205,78 @@ fn judge(
         divergence,
         reference_self,
     })
+}
+
+/// One crossval run on a model file: what `bitnet-validate crossval` and the `crossval` gate
+/// kind both do.
+pub struct Plan<'a> {
+    pub model: &'a Path,
+    /// The HF checkpoint directory the model was converted from (for `transformers`).
+    pub fixture: Option<&'a Path>,
+    /// Re-quantize the output projection at load (judged against `engine-as-stored`).
+    pub head: Option<bitnet::model::HeadFormat>,
+    /// The judged reference first, then the ones reported beside it.
+    pub references: Vec<RefName>,
+    pub threads: usize,
+    pub options: Options,
+    /// When the judged reference is transformers, run the fixture's own text and tokens
+    /// instead of `options`' prompts and continuation (the gate does; the command line runs
+    /// what it is given).
+    pub fixture_text: bool,
+}
+
+/// Loads the model, opens the references for it (context `tokens`, at least 64, at most the
+/// model's) and runs `run`.
+pub fn evaluate(plan: Plan) -> Result<Report, String> {
+    let mut model = Model::load(plan.model).map_err(|e| e.to_string())?;
+    if let Some(h) = plan.head {
+        model.quantize_head(h).map_err(|e| e.to_string())?;
+    }
+    let tok = Tokenizer::from_gguf(&model.file).map_err(|e| e.to_string())?;
+    let mut opts = plan.options;
+    let ctx_len = opts.tokens.max(64).min(model.config.context_length);
+    let mut references = plan
+        .references
+        .iter()
+        .map(|&r| Reference::open(r, plan.model, plan.fixture, ctx_len, plan.threads))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(Reference::Transformers { text, .. }) = references.first() {
+        if plan.fixture_text {
+            // transformers' logits exist for the fixture's own tokens only: no other prompt, no
+            // continuation (every reference then sees exactly those tokens).
+            opts.prompts = vec![text.clone()];
+            opts.tokens = 0;
+        }
+    }
+    let info = ModelInfo::of(&model, plan.model)?;
+    let mut session = Session::new(&model).with_threads(plan.threads);
+    run(&mut session, &tok, &mut references, info, &opts)
+}
+
+impl Report {
+    /// One line per reference: positions, top-1 (decisive, near-ties), cosine min, max |d|,
+    /// dNLL, greedy.
+    pub fn one_line(&self) -> String {
+        let line = |name: &str, a: &Summary| {
+            format!(
+                "vs {name}: {} positions, top-1 {:.1}% ({:.1}% decisive, {} near-ties), cosine min {:.6}, max |d| {:.4}, dNLL {:+.5}, greedy {}",
+                a.positions,
+                a.top1_agreement * 100.0,
+                a.top1_decisive * 100.0,
+                a.near_ties,
+                a.cosine_min,
+                a.max_abs_diff,
+                a.nll_delta,
+                if a.greedy_ok { "ok" } else { "diverged" }
+            )
+        };
+        let mut summary = line(self.reference.as_str(), &self.aggregate);
+        for o in &self.others {
+            summary += "; ";
+            summary += &line(o.reference.as_str(), &o.aggregate);
+        }
+        summary
+    }
 }
 
 /// Judges the engine against `references[0]`, reporting the others beside it.
@@ -562,12 +409,6 @@ pub fn run(
             .then(|| summarize(&self_all, f64::NAN, f64::NAN, true, opts.near_tie)),
         others: other_reports,
     })
-}
-
-fn compare_all(reference: &[f32], ours: &[f32], v: usize) -> Vec<PositionMetrics> {
-    (0..reference.len() / v)
-        .map(|p| compare(p, &reference[p * v..(p + 1) * v], &ours[p * v..(p + 1) * v]))
-        .collect()
 }
 
 /// A fixed-width table of the per-prompt summaries and the aggregate, then one row per other
