@@ -2,6 +2,9 @@
 //! the wall clock, drives the load through the simulated Service, injects the faults and
 //! records everything. All decisions are made by the pure parts (`kubelet`, `sse`,
 //! `verdict`); this module only does I/O and timing.
+//!
+//! Length: ~880 lines, over the house limit on purpose: launch, probing, load and faults share
+//! one clock and one record, and their interleaving is the thing under test.
 
 use super::kubelet::{Attempt, Change, Kubelet, ProbeKind};
 use super::scenario::{Fault, OnRestart, Scenario};
