@@ -64,18 +64,6 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// Margin between the best and second-best logit.
-fn top_margin(v: &[f32]) -> f32 {
-    let b = argmax(v);
-    let second = v
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != b)
-        .map(|(_, &x)| x)
-        .fold(f32::NEG_INFINITY, f32::max);
-    v[b] - second
-}
-
 /// Prompt (with BOS) followed by the reference's 96 greedy tokens, fed one token at a time.
 fn reference_greedy() -> &'static (Vec<u32>, usize) {
     static G: OnceLock<(Vec<u32>, usize)> = OnceLock::new();
@@ -133,12 +121,13 @@ fn reference_greedy_text_matches_source_md() {
     );
 }
 
+/// Two sets of logits compared position by position (`bitnet::eval::metrics`, the
+/// implementation the crossval gates use).
 #[derive(Debug, Default)]
 struct Diff {
     positions: usize,
     max_abs: f32,
-    max_at: (usize, usize),
-    mean_abs: f64,
+    cosine_min: f64,
     top1_agree: usize,
     /// Largest top-1/top-2 margin of the first logits among positions where top-1 differs.
     disagree_margin: Option<f32>,
@@ -178,47 +167,35 @@ fn prefill_with_last_logits_only_matches_a_full_batch() {
 fn compare(a: &[f32], b: &[f32], n_vocab: usize) -> Diff {
     assert_eq!(a.len(), b.len(), "logit counts differ");
     assert_eq!(a.len() % n_vocab, 0);
+    assert!(
+        a.iter().chain(b).all(|x| x.is_finite()),
+        "non-finite logits"
+    );
+    let per = bitnet::eval::metrics::compare_all(a, b, n_vocab);
     let mut d = Diff {
-        positions: a.len() / n_vocab,
+        positions: per.len(),
+        cosine_min: 1.0,
         ..Diff::default()
     };
-    let mut sum = 0f64;
-    for (p, (ra, rb)) in a
-        .chunks_exact(n_vocab)
-        .zip(b.chunks_exact(n_vocab))
-        .enumerate()
-    {
-        for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-            assert!(
-                x.is_finite() && y.is_finite(),
-                "non-finite logit at {p}:{i}"
-            );
-            let e = (x - y).abs();
-            sum += e as f64;
-            if e > d.max_abs {
-                d.max_abs = e;
-                d.max_at = (p, i);
-            }
-        }
-        if argmax(ra) == argmax(rb) {
+    for m in &per {
+        d.max_abs = d.max_abs.max(m.max_abs_diff as f32);
+        d.cosine_min = d.cosine_min.min(m.cosine);
+        if m.top1_match {
             d.top1_agree += 1;
         } else {
-            let m = top_margin(ra);
-            d.disagree_margin = Some(d.disagree_margin.map_or(m, |x: f32| x.max(m)));
+            let margin = m.ref_margin as f32;
+            d.disagree_margin = Some(d.disagree_margin.map_or(margin, |x| x.max(margin)));
         }
     }
-    d.mean_abs = sum / a.len() as f64;
     d
 }
 
 fn report(label: &str, d: &Diff) {
     println!(
-        "{label}: {} positions, max |dlogit| {:.4} (pos {}, token {}), mean |dlogit| {:.5}, top-1 {}/{}{}",
+        "{label}: {} positions, max |dlogit| {:.4}, cosine min {:.6}, top-1 {}/{}{}",
         d.positions,
         d.max_abs,
-        d.max_at.0,
-        d.max_at.1,
-        d.mean_abs,
+        d.cosine_min,
         d.top1_agree,
         d.positions,
         d.disagree_margin

@@ -130,7 +130,7 @@ pub fn compute(s: &Snapshot, ctx: &Context) -> Result<Json, String> {
                 .chunks_exact(v)
                 .enumerate()
                 .map(|(pos, row)| {
-                    let top: Vec<Json> = crate::metrics::top_k(row, 5)
+                    let top: Vec<Json> = bitnet::eval::metrics::top_k(row, 5)
                         .iter()
                         .map(|&i| json!([i, row[i as usize]]))
                         .collect();

@@ -7,7 +7,8 @@
 //!
 //! Layers, each depending only on those above it:
 //! `context` (directories) and `models` (models built on demand); the libraries the kinds use
-//! (`metrics`, `crossval`, `golden`, `lint`, `audit`, `probe`, `i2s`); `gates` (the gate types:
+//! (`crossval`, on the engine's `bitnet::eval::metrics`; `golden`, `lint`, `audit`, `probe`,
+//! `i2s`); `gates` (the gate types:
 //! `Gate`, its typed `Spec`, errors, thresholds, the generated schema); `kinds` (one module per
 //! gate kind); `runner` (`run_gate`); `report`.
 
@@ -19,7 +20,6 @@ pub mod golden;
 pub mod i2s;
 pub mod kinds;
 pub mod lint;
-pub mod metrics;
 pub mod models;
 pub mod probe;
 pub mod report;

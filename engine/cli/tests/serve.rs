@@ -812,3 +812,133 @@ fn chat_on_the_published_2b4t_layout_uses_the_trained_format() {
     let chatml = "<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(prompt_tokens(&s), count(&s, chatml));
 }
+
+/// A hostile chat template (`--chat-template FILE`: nested loops of 10^10 iterations, as a
+/// downloaded model's `tokenizer.chat_template` could hold) cannot take the server down: its
+/// chat requests fail with a typed 500 within the render deadline while liveness and plain
+/// completions keep answering, and SIGTERM still drains and exits.
+#[test]
+fn a_hostile_chat_template_neither_stalls_the_server_nor_blocks_shutdown() {
+    let path = tmp(&format!("hostile-{}.jinja", std::process::id()));
+    std::fs::write(
+        &path,
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{{ j }}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let mut s = serve(&[
+        "--chat-template",
+        path.to_str().unwrap(),
+        "--drain-timeout",
+        "2",
+    ]);
+    let chat =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).to_string();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = s.addr.clone();
+            let b = chat.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                write!(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
+                let mut raw = Vec::new();
+                c.read_to_end(&mut raw).unwrap();
+                parse_reply(&raw)
+            })
+        })
+        .collect();
+    // Meanwhile the probes and other routes answer at once.
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        assert_eq!(s.get("/health/live").0, 200);
+        worst = worst.max(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "liveness took {worst:?}"
+    );
+    let r = s.post(
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for h in requests {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 500, "{}", r.body);
+        let code = r.json()["error"]["code"].as_str().unwrap_or("").to_string();
+        assert_eq!(code, "chat_template_failed", "{}", r.body);
+    }
+    // SIGTERM: drained and gone well within the drain timeout and its grace.
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "a clean drain exits 0");
+}
+
+/// A second SIGTERM during a drain ends what is left at once: the process exits (status 1,
+/// the requests ended by shutdown) without waiting out a long `--drain-timeout`.
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    // One sequence at a time and a deep queue: a drain of many seconds of work.
+    let mut s = serve(&["--drain-timeout", "120", "--parallel", "1", "--queue", "64"]);
+    let b = json!({"prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": true, "temperature": 0}).to_string();
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let addr = s.addr.clone();
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
+                let mut raw = Vec::new();
+                let _ = c.read_to_end(&mut raw);
+            })
+        })
+        .collect();
+    // Wait until many are queued.
+    let queued = |s: &Server| -> f64 {
+        let m = s.get("/metrics").1;
+        m.lines()
+            .find_map(|l| l.strip_prefix("bitnet_queue_depth "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let t0 = Instant::now();
+    while queued(&s) < 10.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "requests never queued"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = Instant::now();
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still running 10 s after the second signal (drain timeout 120 s)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "ended by a second signal");
+    for r in requests {
+        r.join().unwrap();
+    }
+}

@@ -6,10 +6,11 @@
 
 use super::admission::Admitted;
 use super::answer::Answer;
+use super::chat::{Failure, Message};
 use super::error::ApiError;
 use super::request::{read_completion, read_json, ChatRequest, CompletionRequest, Route, Sampling};
 use super::scheduler::{Job, Rejected};
-use super::App;
+use super::{App, RENDER_DEADLINE};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
@@ -31,10 +32,8 @@ pub async fn completions(a: Admitted, body: Body) -> Result<Response, ApiError> 
 pub async fn chat_completions(a: Admitted, body: Body) -> Result<Response, ApiError> {
     let req: ChatRequest = read_completion(&a.app, body).await?;
     let messages = req.messages()?;
-    let (chat, tok) = (&a.loaded.chat, &a.loaded.tok);
-    let text = chat
-        .render(&messages)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let text = render_chat(&a, messages).await?;
+    let tok = &a.loaded.tok;
     // The template writes BOS itself when it wants one.
     let add_bos = tok
         .bos()
@@ -42,6 +41,36 @@ pub async fn chat_completions(a: Admitted, body: Body) -> Result<Response, ApiEr
         .is_none_or(|b| !text.starts_with(b));
     let ids = tok.encode(&text, add_bos, true);
     start(a, Route::Chat, ids, req.sampling, None).await
+}
+
+/// The chat prompt, rendered on a blocking thread (never on the async runtime, whose threads
+/// answer the probes), at most [`RENDERS_AT_ONCE`](super::RENDERS_AT_ONCE) at a time, within [`RENDER_DEADLINE`]
+/// including the wait for a turn. A render that outlives the deadline still ends by its own
+/// budget; its answer is dropped.
+async fn render_chat(a: &Admitted, messages: Vec<Message>) -> Result<String, ApiError> {
+    let deadline = tokio::time::Instant::now() + RENDER_DEADLINE;
+    let permit = tokio::time::timeout_at(deadline, a.app.renders.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::templates_busy(RENDER_DEADLINE.as_secs()))?
+        .map_err(|_| ApiError::internal("the render semaphore was closed"))?;
+    let loaded = a.loaded.clone();
+    let render = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        loaded.chat.render(&messages)
+    });
+    match tokio::time::timeout_at(deadline, render).await {
+        Err(_) => Err(ApiError::template_failed(format!(
+            "chat template {}: did not render within {} s",
+            a.loaded.chat.name,
+            RENDER_DEADLINE.as_secs()
+        ))),
+        Ok(Err(e)) => Err(ApiError::internal(format!("template render task: {e}"))),
+        Ok(Ok(Err(e))) => Err(match e.failure {
+            Failure::Invalid => ApiError::bad_request(e.to_string()),
+            Failure::OutOfFuel | Failure::TooLong => ApiError::template_failed(e.to_string()),
+        }),
+        Ok(Ok(Ok(text))) => Ok(text),
+    }
 }
 
 /// Queues the job and answers: one JSON document, or a stream of events.

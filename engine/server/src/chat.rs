@@ -1,5 +1,11 @@
 //! Chat templates: the model's own Jinja template (`tokenizer.chat_template`), rendered with
 //! minijinja the way Hugging Face renders it, or a named built-in.
+//!
+//! A model file's template is untrusted input, so every render is bounded ([`RenderLimits`]):
+//! minijinja's fuel (about one unit per instruction) stops loops and recursion, its recursion
+//! limit stops deep nesting, its own cap refuses one string repeated past 100 MB, and the output
+//! is written into a buffer that refuses more than `max_output` bytes. The server renders off
+//! its async runtime, with a deadline ([`crate::api`]).
 
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -50,12 +56,45 @@ pub fn is_bitnet_placeholder(template: &str) -> bool {
     template.contains("BITNETAssistant")
 }
 
+/// What one render may cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenderLimits {
+    /// minijinja's fuel: about one unit per instruction executed.
+    pub fuel: u64,
+    /// Bytes the rendered prompt may have.
+    pub max_output: usize,
+}
+
+impl Default for RenderLimits {
+    /// Room for conversations far longer than any context (a few hundred instructions per
+    /// message in Hugging Face's templates), and none for a loop of a million iterations.
+    fn default() -> Self {
+        RenderLimits {
+            fuel: 2_000_000,
+            max_output: 4 << 20,
+        }
+    }
+}
+
 /// A compiled template plus the special-token texts it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
     pub name: String,
     bos: String,
     eos: String,
+    limits: RenderLimits,
+}
+
+/// Why a template did not render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// It does not compile, raised an exception, or failed on the messages: the request's
+    /// messages may be what it refuses.
+    Invalid,
+    /// It ran out of its instruction budget.
+    OutOfFuel,
+    /// Its output passed `max_output` bytes.
+    TooLong,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +102,28 @@ pub struct ChatTemplate {
 pub struct TemplateError {
     pub name: String,
     pub message: String,
+    pub failure: Failure,
+}
+
+/// A `Vec<u8>` that refuses to grow past `limit` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl ChatTemplate {
@@ -73,6 +134,8 @@ impl ChatTemplate {
             .find(|(n, _)| *n == source)
             .map_or(source, |(_, t)| t);
         let mut env = Environment::new();
+        let limits = RenderLimits::default();
+        env.set_fuel(Some(limits.fuel));
         env.add_function(
             "raise_exception",
             |msg: String| -> Result<String, minijinja::Error> {
@@ -84,38 +147,89 @@ impl ChatTemplate {
             .map_err(|e| TemplateError {
                 name: name.into(),
                 message: e.to_string(),
+                failure: Failure::Invalid,
             })?;
         Ok(ChatTemplate {
             env,
             name: name.into(),
             bos: bos.into(),
             eos: eos.into(),
+            limits,
         })
     }
 
-    /// Bounds what one render may execute (minijinja's fuel: roughly one unit per
-    /// instruction); a render that runs out fails with an error instead of running on.
-    pub fn with_fuel(mut self, fuel: u64) -> Self {
-        self.env.set_fuel(Some(fuel));
+    /// The same template with other bounds.
+    pub fn with_limits(mut self, limits: RenderLimits) -> Self {
+        self.env.set_fuel(Some(limits.fuel));
+        self.limits = limits;
         self
     }
 
-    /// The prompt text for `messages`, ending where the assistant's answer begins.
+    /// The same template with another instruction budget.
+    pub fn with_fuel(self, fuel: u64) -> Self {
+        let limits = RenderLimits {
+            fuel,
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    pub fn limits(&self) -> RenderLimits {
+        self.limits
+    }
+
+    /// The prompt text for `messages`, ending where the assistant's answer begins; within the
+    /// template's [`RenderLimits`].
     pub fn render(&self, messages: &[Message]) -> Result<String, TemplateError> {
-        let t = self.env.get_template("chat").map_err(|e| self.err(e))?;
-        t.render(minijinja::context! {
+        let t = self
+            .env
+            .get_template("chat")
+            .map_err(|e| self.err(e, false))?;
+        let mut out = Capped {
+            buf: Vec::new(),
+            limit: self.limits.max_output,
+            over: false,
+        };
+        let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => true,
             bos_token => self.bos,
             eos_token => self.eos,
-        })
-        .map_err(|e| self.err(e))
+        };
+        match t.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.buf).map_err(|e| TemplateError {
+                name: self.name.clone(),
+                message: format!("rendered text is not UTF-8: {e}"),
+                failure: Failure::Invalid,
+            }),
+            Err(e) => Err(self.err(e, out.over)),
+        }
     }
 
-    fn err(&self, e: minijinja::Error) -> TemplateError {
+    fn err(&self, e: minijinja::Error, over: bool) -> TemplateError {
+        let (failure, message) = if over {
+            (
+                Failure::TooLong,
+                format!(
+                    "the rendered prompt passed {} bytes (a template must not grow without bound)",
+                    self.limits.max_output
+                ),
+            )
+        } else if e.kind() == ErrorKind::OutOfFuel {
+            (
+                Failure::OutOfFuel,
+                format!(
+                    "ran out of its budget of {} instructions (a template must not loop without bound)",
+                    self.limits.fuel
+                ),
+            )
+        } else {
+            (Failure::Invalid, e.to_string())
+        };
         TemplateError {
             name: self.name.clone(),
-            message: e.to_string(),
+            message,
+            failure,
         }
     }
 }
@@ -170,5 +284,47 @@ mod tests {
         let e = t.render(&msgs()[1..]).unwrap_err();
         assert!(e.message.contains("system first"), "{e}");
         assert!(ChatTemplate::new("bad", "{% for %}", "", "").is_err());
+        assert_eq!(e.failure, Failure::Invalid);
+    }
+
+    /// Each hostile template fails fast with its typed reason, never runs on.
+    #[test]
+    fn hostile_templates_are_stopped_by_their_budget() {
+        let deep = format!(
+            "{}{}",
+            "{% if true %}".repeat(400),
+            "{% endif %}".repeat(400)
+        );
+        let cases = [
+            // Nested loops: 10^10 iterations.
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+                Failure::OutOfFuel,
+            ),
+            // Unbounded recursion through a macro.
+            (
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                Failure::Invalid,
+            ),
+            // One huge repetition, and repeated output of a large one.
+            ("{{ 'x' * 1000000000 }}", Failure::Invalid),
+            (
+                "{% set s = 'x' * 1000000 %}{% for i in range(100) %}{{ s }}{% endfor %}",
+                Failure::TooLong,
+            ),
+            // Deep nesting.
+            (deep.as_str(), Failure::Invalid),
+        ];
+        for (src, want) in cases {
+            let t0 = std::time::Instant::now();
+            let got = ChatTemplate::new("hostile", src, "", "").and_then(|t| t.render(&msgs()));
+            let e = got.expect_err("a hostile template must fail");
+            assert_eq!(e.failure, want, "{src:.60}: {e}");
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "{src:.60}: took {:?}",
+                t0.elapsed()
+            );
+        }
     }
 }

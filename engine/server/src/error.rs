@@ -188,6 +188,26 @@ impl ApiError {
         )
     }
 
+    /// 500 `chat_template_failed`: the model's chat template exceeded its budget (instructions,
+    /// output size or time) on these messages.
+    pub fn template_failed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "chat_template_failed",
+            message,
+        )
+    }
+
+    /// 503 `chat_templates_busy`: every template render slot stayed taken past the deadline.
+    pub fn templates_busy(retry_after: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chat_templates_busy",
+            "every chat-template render slot is busy: retry shortly",
+        )
+        .retry(retry_after)
+    }
+
     /// 500 `internal_error`: the server itself is misassembled (never the client's fault).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)

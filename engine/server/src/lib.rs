@@ -38,7 +38,7 @@ use bitnet::tokenizer::Tokenizer;
 use lifecycle::Transition;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -143,7 +143,17 @@ pub struct App {
     pub model_id: String,
     pub started_unix: u64,
     pub threads: usize,
+    /// Set by the signal thread when it ends the drain itself (a second signal, or the drain
+    /// outran `--drain-timeout` + [`EXIT_GRACE`]).
+    pub forced_exit: AtomicBool,
+    /// Chat-template renders running at once (off the async runtime; each bounded).
+    pub renders: Arc<tokio::sync::Semaphore>,
 }
+
+/// Chat-template renders that may run at once, each on a blocking thread.
+pub const RENDERS_AT_ONCE: usize = 2;
+/// How long a chat request may wait for, and spend in, its template render.
+pub const RENDER_DEADLINE: Duration = Duration::from_secs(2);
 
 impl App {
     /// The model, tokenizer and chat template; a 503 `loading` until they are in place.
@@ -222,6 +232,16 @@ fn load(opts: &ServeArgs) -> Result<Loaded> {
     };
     let chat = chat::ChatTemplate::new(&name, &source, &text(tok.bos()), &text(tok.eos()))
         .map_err(|e| Error::Usage(e.to_string()))?;
+    // A template that cannot render a plain conversation within its budget will fail every
+    // chat request: say so now (its renders stay bounded either way).
+    let dry_run =
+        [("system", "You are helpful."), ("user", "Hello")].map(|(role, content)| chat::Message {
+            role: role.into(),
+            content: content.into(),
+        });
+    if let Err(e) = chat.render(&dry_run) {
+        eprintln!("bitnet serve: warning: a dry run of the chat template failed: {e}");
+    }
     Ok(Loaded {
         model: Arc::new(model),
         tok: Arc::new(tok),
@@ -271,6 +291,8 @@ async fn serve(opts: ServeArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         threads,
+        renders: Arc::new(tokio::sync::Semaphore::new(RENDERS_AT_ONCE)),
+        forced_exit: AtomicBool::new(false),
         opts,
     });
 
@@ -329,6 +351,12 @@ async fn serve(opts: ServeArgs) -> Result<()> {
         });
     }
 
+    // Signals are taken by a thread of their own, so a shutdown never waits for a runtime
+    // thread to be free: readiness turns 503 at the signal, and the process ends by a hard
+    // deadline however busy everything else is.
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    watch_signals(app.clone(), signalled.clone())?;
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(
         listener,
@@ -342,7 +370,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
     // Serve until a signal (or a load failure), then drain while still answering probes.
     let load_failure = tokio::select! {
         r = &mut server => return r.map_err(|e| Error::io("http server", e)),
-        _ = shutdown_signal() => None,
+        _ = signalled.notified() => None,
         Some(e) = fail_rx.recv() => Some(e),
     };
     if let Some(e) = load_failure {
@@ -366,7 +394,8 @@ async fn serve(opts: ServeArgs) -> Result<()> {
         r = &mut server => return r.map_err(|e| Error::io("http server", e)),
         _ = drain => {}
     }
-    let clean = app.sh.idle();
+    let forced = app.forced_exit.load(Ordering::SeqCst);
+    let clean = app.sh.idle() && !forced;
     app.sh.shut_down(!clean);
     let handle = scheduler_thread
         .lock()
@@ -382,34 +411,78 @@ async fn serve(opts: ServeArgs) -> Result<()> {
         "bitnet serve: stopped ({})",
         if clean {
             "all requests finished"
+        } else if forced {
+            "ended by the signal thread: unfinished requests were ended"
         } else {
             "drain timeout: unfinished requests were ended"
         }
     );
+    if forced {
+        return Err(Error::Runtime(
+            "shutdown forced by a second signal or a drain past its deadline".into(),
+        ));
+    }
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Extra time past `--drain-timeout` for the scheduler to end what is left and the HTTP
+/// side to close, before the signal thread ends the process itself.
+pub const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts the thread that takes SIGTERM and SIGINT. The first signal starts the drain at once
+/// (readiness 503, new work refused) and wakes the async side; if the process is still running
+/// `--drain-timeout` + [`EXIT_GRACE`] later, or at a second signal, the thread ends what is
+/// left (counted as ended by shutdown) and exits with status 1.
+fn watch_signals(app: Arc<App>, signalled: Arc<tokio::sync::Notify>) -> Result<()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+            .map_err(|e| Error::io("signal handlers", e))?;
+        std::thread::Builder::new()
+            .name("bitnet-signals".into())
+            .spawn(move || {
+                if signals.forever().next().is_none() {
+                    return;
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+                app.sh.start_draining();
+                signalled.notify_one();
+                let hard =
+                    Instant::now() + Duration::from_secs(app.opts.drain_timeout) + EXIT_GRACE;
+                let second = loop {
+                    if signals.pending().next().is_some() {
+                        break true;
+                    }
+                    if Instant::now() >= hard {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                eprintln!(
+                    "bitnet serve: {}: ending {} running and {} queued requests and exiting",
+                    if second {
+                        "second signal"
+                    } else {
+                        "the drain did not finish in time"
+                    },
+                    app.sh.active.load(Ordering::SeqCst),
+                    app.sh.queue_depth()
+                );
+                app.forced_exit.store(true, Ordering::SeqCst);
+                app.sh.shut_down(true);
+                // Let the scheduler tell its requests; then go, whatever else is running.
+                std::thread::sleep(Duration::from_millis(200));
+                std::process::exit(1);
+            })
+            .map_err(|e| Error::io("signal thread", e))?;
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = app;
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            signalled.notify_one();
+        });
     }
+    Ok(())
 }

@@ -11,8 +11,8 @@
 //! as a near-tie (the reference's margin between its choice and ours below `near_tie`), and
 //! near-ties are counted: top-1 agreement is also given over the decisive positions alone.
 
-use crate::metrics::{compare_all, summarize, PositionMetrics};
-pub use crate::metrics::{Divergence, Summary};
+use bitnet::eval::metrics::{compare_all, summarize, PositionMetrics};
+pub use bitnet::eval::metrics::{Divergence, Summary};
 use bitnet::generate::{generate, GenerateOptions};
 use bitnet::model::Model;
 use bitnet::sample::SamplerParams;
@@ -185,11 +185,11 @@ fn judge(
     } else {
         None
     };
-    let nll_ref = crate::metrics::nll_sum(&theirs, &s.seq, v);
-    let nll_ours = crate::metrics::nll_sum(&s.ours, &s.seq, v);
+    let nll_ref = bitnet::eval::metrics::nll_sum(&theirs, &s.seq, v);
+    let nll_ours = bitnet::eval::metrics::nll_sum(&s.ours, &s.seq, v);
     // Greedy: our token at p + 1 was our argmax at p; where the reference's differs first,
     // its generation would have diverged.
-    let divergence = crate::metrics::greedy_divergence(
+    let divergence = bitnet::eval::metrics::greedy_divergence(
         &theirs,
         &metrics,
         &s.seq,

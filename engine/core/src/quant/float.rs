@@ -31,25 +31,6 @@ macro_rules! scalar_kernel {
 
 /// F32: scalar and AVX2; also what the converter writes for unquantized ternary weights.
 pub static F32: Format = Format {
-    kind: Kind::Float,
-    family: "f32",
-    row_multiple: None,
-    tensor_bytes: None,
-    row_bytes: None,
-    dequantize_row: dequantize_as!(TensorType::F32),
-    kernels: &[
-        scalar_kernel!(TensorType::F32, "f32_gemv_scalar", "f32_gemm_scalar"),
-        #[cfg(target_arch = "x86_64")]
-        Kernel {
-            isa: Isa::Avx2,
-            gemv: "f32_gemv_avx2",
-            gemm: "f32_gemm_avx2",
-            // SAFETY: as `RowsFn`; the table picks this only on a CPU with AVX2.
-            rows: |p, range, out| unsafe {
-                each_row_and_token(p, range, out, |row, t| avx2::dot_f32(row, p.x_row(t)))
-            },
-        },
-    ],
     packing: Some(Packing {
         multiple: 1,
         file_type: 0,
@@ -61,17 +42,32 @@ pub static F32: Format = Format {
                 .collect())
         },
     }),
+    ..Format::new(
+        Kind::Float,
+        "f32",
+        dequantize_as!(TensorType::F32),
+        &[
+            scalar_kernel!(TensorType::F32, "f32_gemv_scalar", "f32_gemm_scalar"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel {
+                isa: Isa::Avx2,
+                gemv: "f32_gemv_avx2",
+                gemm: "f32_gemm_avx2",
+                // SAFETY: as `RowsFn`; the table picks this only on a CPU with AVX2.
+                rows: |p, range, out| unsafe {
+                    each_row_and_token(p, range, out, |row, t| avx2::dot_f32(row, p.x_row(t)))
+                },
+            },
+        ],
+    )
 };
 
 /// F16 (token embeddings, the output projection): scalar, AVX2 and AVX-512 row loops.
-pub static F16: Format = Format {
-    kind: Kind::Float,
-    family: "f16",
-    row_multiple: None,
-    tensor_bytes: None,
-    row_bytes: None,
-    dequantize_row: dequantize_as!(TensorType::F16),
-    kernels: &[
+pub static F16: Format = Format::new(
+    Kind::Float,
+    "f16",
+    dequantize_as!(TensorType::F16),
+    &[
         scalar_kernel!(TensorType::F16, "f16_gemv_scalar", "f16_gemm_scalar"),
         #[cfg(target_arch = "x86_64")]
         Kernel {
@@ -94,18 +90,14 @@ pub static F16: Format = Format {
             },
         },
     ],
-    packing: None,
-};
+);
 
 /// Q8_0 (a quantized output projection, embeddings): scalar and AVX2.
-pub static Q8_0: Format = Format {
-    kind: Kind::Float,
-    family: "q8_0",
-    row_multiple: None,
-    tensor_bytes: None,
-    row_bytes: None,
-    dequantize_row: dequantize_as!(TensorType::Q8_0),
-    kernels: &[
+pub static Q8_0: Format = Format::new(
+    Kind::Float,
+    "q8_0",
+    dequantize_as!(TensorType::Q8_0),
+    &[
         scalar_kernel!(TensorType::Q8_0, "q8_0_gemv_scalar", "q8_0_gemm_scalar"),
         #[cfg(target_arch = "x86_64")]
         Kernel {
@@ -119,8 +111,7 @@ pub static Q8_0: Format = Format {
             },
         },
     ],
-    packing: None,
-};
+);
 
 /// The scalar float kernel: each row dequantized (F32 read in place where aligned), then
 /// [`dot`] with each token.

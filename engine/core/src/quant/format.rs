@@ -121,6 +121,26 @@ pub struct Format {
 }
 
 impl Format {
+    /// A row with the type table's block geometry and no converter packing (the common case;
+    /// override the rest with struct update syntax).
+    pub const fn new(
+        kind: Kind,
+        family: &'static str,
+        dequantize_row: Option<DequantizeRowFn>,
+        kernels: &'static [Kernel],
+    ) -> Format {
+        Format {
+            kind,
+            family,
+            row_multiple: None,
+            tensor_bytes: None,
+            row_bytes: None,
+            dequantize_row,
+            kernels,
+            packing: None,
+        }
+    }
+
     /// The kernel that computes a product when `isa` is asked for: the widest one not above
     /// `isa` that this CPU runs.
     pub fn kernel(&self, isa: Isa) -> &Kernel {

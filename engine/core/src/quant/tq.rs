@@ -17,77 +17,75 @@ use half::f16;
 
 /// TQ2_0's behaviour: 2-bit codes in 256-blocks with an f16 scale each; scalar and AVX2.
 pub static TQ2_0: Format = Format {
-    kind: Kind::Ternary,
-    family: "tq2_0",
-    row_multiple: None,
-    tensor_bytes: None,
-    row_bytes: None,
-    dequantize_row: Some(|tensor, r, cols, out| {
-        let rb = cols / QK * TQ2_BYTES;
-        dequantize_row_tq2(&tensor[r * rb..(r + 1) * rb], out)
-    }),
-    kernels: &[
-        Kernel {
-            isa: Isa::Scalar,
-            gemv: "tq2_0_gemv_scalar",
-            gemm: "tq2_0_gemm_scalar",
-            rows: |p, range, out| {
-                // SAFETY: as `RowsFn`.
-                unsafe { each_row_and_token(p, range, out, |row, t| dot_tq2(row, &p.acts[t])) }
-            },
-        },
-        #[cfg(target_arch = "x86_64")]
-        Kernel {
-            isa: Isa::Avx2,
-            gemv: "tq2_0_gemv_avx2",
-            gemm: "tq2_0_gemm_avx2",
-            rows: avx2::rows_tq2,
-        },
-    ],
     packing: Some(Packing {
         multiple: QK,
         file_type: 37,
         scale_tensor: false,
         pack: |t| pack_tq2(&t.values, &block_scales(t)?),
     }),
+    ..Format::new(
+        Kind::Ternary,
+        "tq2_0",
+        Some(|tensor, r, cols, out| {
+            let rb = cols / QK * TQ2_BYTES;
+            dequantize_row_tq2(&tensor[r * rb..(r + 1) * rb], out)
+        }),
+        &[
+            Kernel {
+                isa: Isa::Scalar,
+                gemv: "tq2_0_gemv_scalar",
+                gemm: "tq2_0_gemm_scalar",
+                rows: |p, range, out| {
+                    // SAFETY: as `RowsFn`.
+                    unsafe { each_row_and_token(p, range, out, |row, t| dot_tq2(row, &p.acts[t])) }
+                },
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel {
+                isa: Isa::Avx2,
+                gemv: "tq2_0_gemv_avx2",
+                gemm: "tq2_0_gemm_avx2",
+                rows: avx2::rows_tq2,
+            },
+        ],
+    )
 };
 
 /// TQ1_0's behaviour: base-3 digits, five per byte, in 256-blocks with an f16 scale each;
 /// scalar and AVX2.
 pub static TQ1_0: Format = Format {
-    kind: Kind::Ternary,
-    family: "tq1_0",
-    row_multiple: None,
-    tensor_bytes: None,
-    row_bytes: None,
-    dequantize_row: Some(|tensor, r, cols, out| {
-        let rb = cols / QK * TQ1_BYTES;
-        dequantize_row_tq1(&tensor[r * rb..(r + 1) * rb], out)
-    }),
-    kernels: &[
-        Kernel {
-            isa: Isa::Scalar,
-            gemv: "tq1_0_gemv_scalar",
-            gemm: "tq1_0_gemm_scalar",
-            rows: |p, range, out| {
-                // SAFETY: as `RowsFn`.
-                unsafe { each_row_and_token(p, range, out, |row, t| dot_tq1(row, &p.acts[t])) }
-            },
-        },
-        #[cfg(target_arch = "x86_64")]
-        Kernel {
-            isa: Isa::Avx2,
-            gemv: "tq1_0_gemv_avx2",
-            gemm: "tq1_0_gemm_avx2",
-            rows: avx2::rows_tq1,
-        },
-    ],
     packing: Some(Packing {
         multiple: QK,
         file_type: 36,
         scale_tensor: false,
         pack: |t| pack_tq1(&t.values, &block_scales(t)?),
     }),
+    ..Format::new(
+        Kind::Ternary,
+        "tq1_0",
+        Some(|tensor, r, cols, out| {
+            let rb = cols / QK * TQ1_BYTES;
+            dequantize_row_tq1(&tensor[r * rb..(r + 1) * rb], out)
+        }),
+        &[
+            Kernel {
+                isa: Isa::Scalar,
+                gemv: "tq1_0_gemv_scalar",
+                gemm: "tq1_0_gemm_scalar",
+                rows: |p, range, out| {
+                    // SAFETY: as `RowsFn`.
+                    unsafe { each_row_and_token(p, range, out, |row, t| dot_tq1(row, &p.acts[t])) }
+                },
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel {
+                isa: Isa::Avx2,
+                gemv: "tq1_0_gemv_avx2",
+                gemm: "tq1_0_gemm_avx2",
+                rows: avx2::rows_tq1,
+            },
+        ],
+    )
 };
 
 /// The matrix's one scale repeated for each 256-block (rows must be whole blocks).

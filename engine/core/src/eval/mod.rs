@@ -1,6 +1,9 @@
 //! Teacher-forced evaluation: the logits of every position of a token sequence, perplexity
 //! over fixed windows, and the negative log-likelihood of one target. Used by `bitnet logits`,
-//! `bitnet perplexity`, the crossval gates and the tests.
+//! `bitnet perplexity`, the crossval gates and the tests. [`metrics`] compares two sets of
+//! logits (ours against a reference's).
+
+pub mod metrics;
 
 use crate::error::{Error, Result};
 use crate::model::State;

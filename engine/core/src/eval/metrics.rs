@@ -1,4 +1,5 @@
-//! Crossval metrics, the one implementation in the harness: per position, how a logit vector
+//! Logit comparison metrics, the one implementation (the crossval gates, `bitnet-validate
+//! crossval` and the reference tests all use it): per position, how a logit vector
 //! compares with the reference's (cosine, max |diff|, MSE, KL(ref || ours), top-1 and top-5,
 //! the reference's top-2 margin); per sequence, the NLL of the tokens that followed and where
 //! greedy generation would have diverged; over positions, the `Summary` a gate judges
@@ -159,7 +160,7 @@ pub fn compare_all(reference: &[f32], ours: &[f32], v: usize) -> Vec<PositionMet
 /// `v` per position; the last row predicts nothing).
 pub fn nll_sum(logits: &[f32], seq: &[u32], v: usize) -> f64 {
     (0..seq.len().saturating_sub(1))
-        .map(|p| bitnet::eval::nll(&logits[p * v..(p + 1) * v], seq[p + 1]))
+        .map(|p| super::nll(&logits[p * v..(p + 1) * v], seq[p + 1]))
         .sum()
 }
 
@@ -229,7 +230,7 @@ mod tests {
         assert!(m.kl > 0.5);
         assert!(m.cosine < 0.7);
         assert!(
-            (bitnet::eval::nll(&a, 0) - (-(3.0f64) + (3f64.exp() + 1f64.exp() + 4.0).ln())).abs()
+            (crate::eval::nll(&a, 0) - (-(3.0f64) + (3f64.exp() + 1f64.exp() + 4.0).ln())).abs()
                 < 1e-9
         );
     }
