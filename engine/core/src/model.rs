@@ -36,6 +36,8 @@ pub enum ModelError {
     },
     #[error("tensor {tensor:?}: {source}")]
     TensorFormat { tensor: String, source: FormatError },
+    #[error("tensor {tensor:?}: {what} is not a finite number")]
+    NotFinite { tensor: String, what: String },
     #[error("vocabulary has {tokens} tokens but token_embd has {rows} rows")]
     VocabMismatch { tokens: usize, rows: usize },
     #[error("token id {id} out of range (vocab {vocab})")]
@@ -286,11 +288,21 @@ impl Model {
         );
         let weight = |name: &str, shape: [u64; 2]| -> Result<Weight, ModelError> {
             let mut w = checked_tensor(&file, name, &shape)?;
+            finite(name, "its scale", w.scale())?;
+            // A weight that is not finite turns logits into NaN (float formats only; ternary
+            // codes cannot hold one). Reads the tensor once: tens of ms for a 2B model's head.
+            if !w.all_finite() {
+                return Err(ModelError::NotFinite {
+                    tensor: name.into(),
+                    what: "a stored weight".into(),
+                });
+            }
             // The reference multiplies by an optional `<name>.scale` scalar after the product.
             let scale_name = name.replace(".weight", ".scale");
             if file.tensor(&scale_name).is_some() {
                 let mut s = [0f32];
                 checked_tensor(&file, &scale_name, &[1])?.dequantize_row(0, &mut s);
+                finite(&scale_name, "the scale", s[0])?;
                 w.post_scale = Some(s[0]);
             }
             Ok(w)
@@ -298,6 +310,13 @@ impl Model {
         let vector = |name: &str, len: u64| -> Result<Vec<f32>, ModelError> {
             let mut v = vec![0f32; len as usize];
             checked_tensor(&file, name, &[len])?.dequantize_row(0, &mut v);
+            // A norm weight that is not finite turns every logit into NaN.
+            if let Some(&bad) = v.iter().find(|x| !x.is_finite()) {
+                return Err(ModelError::NotFinite {
+                    tensor: name.into(),
+                    what: format!("a weight ({bad})"),
+                });
+            }
             Ok(v)
         };
         let token_embd = weight("token_embd.weight", [dim, c.vocab_size as u64])?;
@@ -377,6 +396,18 @@ impl Model {
 
     pub fn new_state(&self) -> State {
         State::new(&self.config)
+    }
+}
+
+/// `value` (what `what` names in `tensor`) must be a finite number.
+fn finite(tensor: &str, what: &'static str, value: f32) -> Result<(), ModelError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(ModelError::NotFinite {
+            tensor: tensor.into(),
+            what: format!("{what} ({value})"),
+        })
     }
 }
 

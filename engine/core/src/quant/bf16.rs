@@ -7,17 +7,20 @@ use super::matmul::Isa;
 use half::bf16;
 
 /// BF16's behaviour: two bytes per weight, no blocks; the scalar kernel.
-pub static FORMAT: Format = Format::new(
-    Kind::Float,
-    "bf16",
-    Some(|tensor, r, cols, out| dequantize_row(&tensor[r * cols * 2..(r + 1) * cols * 2], out)),
-    &[Kernel {
-        isa: Isa::Scalar,
-        gemv: "bf16_gemv_scalar",
-        gemm: "bf16_gemm_scalar",
-        rows: rows_scalar,
-    }],
-);
+pub static FORMAT: Format = Format {
+    all_finite: Some(|t| super::format::no_all_ones_exponent::<2>(t, 0, 2, 0x7F80)),
+    ..Format::new(
+        Kind::Float,
+        "bf16",
+        Some(|tensor, r, cols, out| dequantize_row(&tensor[r * cols * 2..(r + 1) * cols * 2], out)),
+        &[Kernel {
+            isa: Isa::Scalar,
+            gemv: "bf16_gemv_scalar",
+            gemm: "bf16_gemm_scalar",
+            rows: rows_scalar,
+        }],
+    )
+};
 
 /// Widens a row of BF16 values to f32.
 pub fn dequantize_row(row: &[u8], out: &mut [f32]) {

@@ -31,6 +31,7 @@ macro_rules! scalar_kernel {
 
 /// F32: scalar and AVX2; also what the converter writes for unquantized ternary weights.
 pub static F32: Format = Format {
+    all_finite: Some(|t| super::format::no_all_ones_exponent::<4>(t, 0, 4, 0x7F80_0000)),
     packing: Some(Packing {
         multiple: 1,
         file_type: 0,
@@ -63,55 +64,61 @@ pub static F32: Format = Format {
 };
 
 /// F16 (token embeddings, the output projection): scalar, AVX2 and AVX-512 row loops.
-pub static F16: Format = Format::new(
-    Kind::Float,
-    "f16",
-    dequantize_as!(TensorType::F16),
-    &[
-        scalar_kernel!(TensorType::F16, "f16_gemv_scalar", "f16_gemm_scalar"),
-        #[cfg(target_arch = "x86_64")]
-        Kernel {
-            isa: Isa::Avx2,
-            gemv: "f16_gemv_avx2",
-            gemm: "f16_gemm_avx2",
-            // SAFETY: as `RowsFn`; the table picks this only with AVX2 and F16C.
-            rows: |p, range, out| unsafe {
-                avx2::f16_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+pub static F16: Format = Format {
+    all_finite: Some(|t| super::format::no_all_ones_exponent::<2>(t, 0, 2, 0x7C00)),
+    ..Format::new(
+        Kind::Float,
+        "f16",
+        dequantize_as!(TensorType::F16),
+        &[
+            scalar_kernel!(TensorType::F16, "f16_gemv_scalar", "f16_gemm_scalar"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel {
+                isa: Isa::Avx2,
+                gemv: "f16_gemv_avx2",
+                gemm: "f16_gemm_avx2",
+                // SAFETY: as `RowsFn`; the table picks this only with AVX2 and F16C.
+                rows: |p, range, out| unsafe {
+                    avx2::f16_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+                },
             },
-        },
-        #[cfg(target_arch = "x86_64")]
-        Kernel {
-            isa: Isa::Avx512,
-            gemv: "f16_gemv_avx512",
-            gemm: "f16_gemm_avx512",
-            // SAFETY: as `RowsFn`; the table picks this only with AVX-512 F, AVX2 and F16C.
-            rows: |p, range, out| unsafe {
-                avx512::f16_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+            #[cfg(target_arch = "x86_64")]
+            Kernel {
+                isa: Isa::Avx512,
+                gemv: "f16_gemv_avx512",
+                gemm: "f16_gemm_avx512",
+                // SAFETY: as `RowsFn`; the table picks this only with AVX-512 F, AVX2 and F16C.
+                rows: |p, range, out| unsafe {
+                    avx512::f16_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+                },
             },
-        },
-    ],
-);
+        ],
+    )
+};
 
 /// Q8_0 (a quantized output projection, embeddings): scalar and AVX2.
-pub static Q8_0: Format = Format::new(
-    Kind::Float,
-    "q8_0",
-    dequantize_as!(TensorType::Q8_0),
-    &[
-        scalar_kernel!(TensorType::Q8_0, "q8_0_gemv_scalar", "q8_0_gemm_scalar"),
-        #[cfg(target_arch = "x86_64")]
-        Kernel {
-            isa: Isa::Avx2,
-            gemv: "q8_0_gemv_avx2",
-            gemm: "q8_0_gemm_avx2",
-            // SAFETY: as `RowsFn`; the table picks this only with AVX2 and F16C; rows are
-            // whole 32-blocks.
-            rows: |p, range, out| unsafe {
-                avx2::q8_0_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+pub static Q8_0: Format = Format {
+    all_finite: Some(|t| super::format::no_all_ones_exponent::<2>(t, 0, 34, 0x7C00)),
+    ..Format::new(
+        Kind::Float,
+        "q8_0",
+        dequantize_as!(TensorType::Q8_0),
+        &[
+            scalar_kernel!(TensorType::Q8_0, "q8_0_gemv_scalar", "q8_0_gemm_scalar"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel {
+                isa: Isa::Avx2,
+                gemv: "q8_0_gemv_avx2",
+                gemm: "q8_0_gemm_avx2",
+                // SAFETY: as `RowsFn`; the table picks this only with AVX2 and F16C; rows are
+                // whole 32-blocks.
+                rows: |p, range, out| unsafe {
+                    avx2::q8_0_rows(p.w, p.row_bytes, range, p.x, p.n, out, p.rows)
+                },
             },
-        },
-    ],
-);
+        ],
+    )
+};
 
 /// The scalar float kernel: each row dequantized (F32 read in place where aligned), then
 /// [`dot`] with each token.

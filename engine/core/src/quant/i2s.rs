@@ -53,6 +53,7 @@ pub static FORMAT: Format = Format {
         scale_tensor: false,
         pack: |t: &Ternary| pack(&t.values, t.rows, t.cols, t.scale),
     }),
+    all_finite: None,
 };
 
 /// The scalar reference kernel: [`dot_codes`] and [`finish`] per row and token.

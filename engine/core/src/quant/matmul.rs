@@ -160,6 +160,18 @@ impl Weight {
         })
     }
 
+    /// Whether every value the tensor stores is a finite number (formats that can store
+    /// another; see [`Format::all_finite`](super::Format)).
+    pub fn all_finite(&self) -> bool {
+        self.format.all_finite.is_none_or(|f| f(self.bytes()))
+    }
+
+    /// The per-tensor weight scale (I2_S's trailer, TL2's scale tensor; 1.0 for formats
+    /// without one).
+    pub fn scale(&self) -> f32 {
+        self.w_scale
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.file.bytes()[self.start..self.start + self.len]
     }

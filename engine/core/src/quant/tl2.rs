@@ -67,6 +67,7 @@ pub static FORMAT: Format = Format {
             )
         },
     }),
+    all_finite: None,
 };
 
 /// The scalar reference kernel: each row decoded, then the exact integer dot per token.
