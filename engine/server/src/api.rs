@@ -98,6 +98,7 @@ async fn start(
     app.sh.submit(job).map_err(|r| match r {
         Rejected::QueueFull => ApiError::overloaded(app.sh.queue_limit),
         Rejected::Draining => ApiError::shutting_down(),
+        Rejected::SchedulerGone => ApiError::scheduler_dead(),
     })?;
     let answer = Answer::new(app, route, now);
     match sampling.stream() {

@@ -75,6 +75,8 @@ impl FinishReason {
 pub enum Rejected {
     QueueFull,
     Draining,
+    /// The scheduler thread has ended: nothing would ever run the job.
+    SchedulerGone,
 }
 
 /// State shared between the scheduler thread and the HTTP side.
@@ -138,6 +140,9 @@ impl Shared {
         if self.lifecycle.is_draining() {
             return Err(Rejected::Draining);
         }
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(Rejected::SchedulerGone);
+        }
         if q.len() >= self.queue_limit {
             return Err(Rejected::QueueFull);
         }
@@ -176,7 +181,15 @@ impl Shared {
 struct AliveGuard(Arc<Shared>);
 impl Drop for AliveGuard {
     fn drop(&mut self) {
-        self.0.alive.store(false, Ordering::SeqCst);
+        // Under the queue lock: no job is queued after this, and the queued ones are dropped
+        // (their answers end with `scheduler_lost`) instead of waiting for a thread that is
+        // gone, a panic included.
+        let orphans: Vec<Job> = {
+            let mut q = self.0.lock();
+            self.0.alive.store(false, Ordering::SeqCst);
+            q.drain(..).collect()
+        };
+        drop(orphans);
         self.0.active.store(0, Ordering::SeqCst);
         self.0.lifecycle.apply(Transition::SchedulerExited);
     }
@@ -321,6 +334,27 @@ mod tests {
         assert!(!sh.alive.load(Ordering::SeqCst));
         assert!(sh.idle());
         assert_eq!(sh.kv_tokens.load(Ordering::Relaxed), 0);
+    }
+
+    /// However the scheduler thread ends (a panic included), what was queued is answered,
+    /// not left waiting, and nothing more is queued.
+    #[test]
+    fn queued_jobs_are_not_left_waiting_when_the_scheduler_is_gone() {
+        let lifecycle = Arc::new(Lifecycle::default());
+        let sh = Shared::new(1, 4, lifecycle.clone());
+        lifecycle.apply(Transition::Loaded);
+        sh.alive.store(true, Ordering::SeqCst);
+        let later = Instant::now() + Duration::from_secs(600);
+        let (queued, mut rx) = job(vec![1, 100], 3, later);
+        sh.submit(queued).unwrap();
+        drop(AliveGuard(sh.clone()));
+        assert_eq!(sh.queue_depth(), 0);
+        assert!(
+            rx.blocking_recv().is_none(),
+            "the queued job's channel closes (its answer: scheduler_lost)"
+        );
+        let (late, _rx) = job(vec![1, 100], 3, later);
+        assert_eq!(sh.submit(late).err(), Some(Rejected::SchedulerGone));
     }
 
     #[test]
