@@ -80,6 +80,31 @@ impl Reply {
 }
 
 impl Server {
+    fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// The exit status, failing the test if the process is still running after `limit`
+    /// (counted from `since`).
+    fn exit_within(
+        &mut self,
+        since: Instant,
+        limit: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                since.elapsed() < limit,
+                "still running {limit:?} after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         let body = body.unwrap_or("");
@@ -751,8 +776,7 @@ fn sigterm_drains_in_flight_streams_and_exits_zero() {
     for _ in 0..3 {
         first_bytes.recv_timeout(Duration::from_secs(30)).unwrap();
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    s.sigterm();
     // Readiness flips as soon as the signal is handled.
     let t0 = std::time::Instant::now();
     while !s.get("/health/ready").1.contains("draining") && t0.elapsed() < Duration::from_secs(2) {
@@ -871,18 +895,8 @@ fn a_hostile_chat_template_neither_stalls_the_server_nor_blocks_shutdown() {
     }
     // SIGTERM: drained and gone well within the drain timeout and its grace.
     let t0 = Instant::now();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    s.sigterm();
+    let status = s.exit_within(t0, Duration::from_secs(10), "SIGTERM");
     assert_eq!(status.code(), Some(0), "a clean drain exits 0");
 }
 
@@ -923,20 +937,14 @@ fn a_second_signal_ends_the_drain_at_once() {
     }
     let t0 = Instant::now();
     for _ in 0..2 {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+        s.sigterm();
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "still running 10 s after the second signal (drain timeout 120 s)"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = s.exit_within(
+        t0,
+        Duration::from_secs(10),
+        "the second signal (drain timeout 120 s)",
+    );
     assert_eq!(status.code(), Some(1), "ended by a second signal");
     for r in requests {
         r.join().unwrap();
