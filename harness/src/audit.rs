@@ -85,6 +85,14 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn verdict(self, file: String) -> Verdict {
+        Verdict {
+            file,
+            ok: self.findings.is_empty(),
+            findings: self.findings,
+            notes: self.notes,
+        }
+    }
     fn fail(&mut self, class: Class, rule: &str, message: impl Into<String>) {
         self.findings.push(Finding {
             class,
@@ -107,27 +115,27 @@ pub fn verify_file(path: &Path, opts: &VerifyOptions) -> Verdict {
         notes: Vec::new(),
     };
     let file = path.display().to_string();
-    let doc: Option<Json> = match std::fs::read_to_string(path) {
-        Err(e) => {
-            c.fail(Class::Unreadable, "read", e.to_string());
-            None
-        }
-        Ok(t) => match serde_json::from_str(&t) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                c.fail(Class::Unreadable, "json", e.to_string());
-                None
-            }
-        },
-    };
-    if let Some(doc) = doc {
-        verify_doc(&doc, opts, &mut c);
+    match std::fs::read_to_string(path) {
+        Err(e) => c.fail(Class::Unreadable, "read", e.to_string()),
+        Ok(t) => verify_json(&t, opts, &mut c),
     }
-    Verdict {
-        file,
-        ok: c.findings.is_empty(),
-        findings: c.findings,
-        notes: c.notes,
+    c.verdict(file)
+}
+
+/// [`verify_file`] of a receipt's text (`file` names it in the verdict).
+pub fn verify_text(file: &str, text: &str, opts: &VerifyOptions) -> Verdict {
+    let mut c = Ctx {
+        findings: Vec::new(),
+        notes: Vec::new(),
+    };
+    verify_json(text, opts, &mut c);
+    c.verdict(file.to_string())
+}
+
+fn verify_json(text: &str, opts: &VerifyOptions, c: &mut Ctx) {
+    match serde_json::from_str::<Json>(text) {
+        Ok(doc) => verify_doc(&doc, opts, c),
+        Err(e) => c.fail(Class::Unreadable, "json", e.to_string()),
     }
 }
 

@@ -158,6 +158,15 @@ impl Config {
             None => n_heads,
         };
         let context_length = req("context_length")?;
+        // Every layer is nine tensors or more: a block count the file cannot hold is refused
+        // before anything is sized by it.
+        if n_layers.saturating_mul(9) > g.tensors().len() {
+            return Err(ModelError::BadHyper(format!(
+                "{} = {n_layers}, but the file has only {} tensors",
+                key("block_count"),
+                g.tensors().len()
+            )));
+        }
         if dim % n_heads != 0 {
             return Err(ModelError::BadHyper(format!(
                 "embedding_length {dim} not divisible by head_count {n_heads}"

@@ -41,7 +41,13 @@ pub async fn read_json<T: DeserializeOwned>(
     let bytes = axum::body::to_bytes(body, app.opts.max_body)
         .await
         .map_err(|_| ApiError::body_too_large(app.opts.max_body))?;
-    let v: Value = serde_json::from_slice(&bytes)
+    parse_body(&bytes, route)
+}
+
+/// Parses a body already read: JSON, then (for a completion `route`) every field vetted, then
+/// the request type. What the server does with every body, in one place (and fuzzed).
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8], route: Option<Route>) -> Result<T, ApiError> {
+    let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     if let Some(route) = route {
         let (own, chat) = route.own_fields();

@@ -106,7 +106,17 @@ impl FloatFormat {
             Self::F16 => TensorType::F16,
         }
     }
-    fn encode(self, v: &[f32]) -> Vec<u8> {
+    /// The values in this format; every one must be finite in it (an F16 tensor cannot hold a
+    /// value past 65504), or the file would be refused at load.
+    fn encode(self, name: &str, v: &[f32]) -> Result<Vec<u8>, ConvertError> {
+        let max = match self {
+            Self::F32 => f32::MAX,
+            Self::F16 => f16::MAX.to_f32(),
+        };
+        check_range(name, v, max)?;
+        Ok(self.encode_unchecked(v))
+    }
+    fn encode_unchecked(self, v: &[f32]) -> Vec<u8> {
         match self {
             Self::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Self::F16 => v
@@ -139,11 +149,31 @@ impl EmbedFormat {
             Self::Q8_0 => TensorType::Q8_0,
         }
     }
-    fn encode(self, v: &[f32]) -> Vec<u8> {
+    fn encode(self, name: &str, v: &[f32]) -> Result<Vec<u8>, ConvertError> {
         match self {
-            Self::Float(f) => f.encode(v),
-            Self::Q8_0 => encode_q8_0(v),
+            Self::Float(f) => f.encode(name, v),
+            Self::Q8_0 => {
+                check_range(name, v, f32::MAX)?;
+                Ok(encode_q8_0(v))
+            }
         }
+    }
+}
+
+/// Every value of tensor `name` finite and within `max` in magnitude: a converter refuses a
+/// checkpoint whose values the engine would refuse at load.
+fn check_range(name: &str, v: &[f32], max: f32) -> Result<(), ConvertError> {
+    match v.iter().position(|x| !(x.abs() <= max)) {
+        None => Ok(()),
+        Some(i) => Err(ConvertError::Checkpoint(format!(
+            "{name}: value {} at index {i} is not finite{}",
+            v[i],
+            if v[i].is_finite() {
+                format!(" in the output format (largest {max}): choose a wider --embedding")
+            } else {
+                String::new()
+            }
+        ))),
     }
 }
 
@@ -155,6 +185,12 @@ impl Ternary {
     /// The matrix packed in `fmt` (the scale inside it, or for TL2 left to its own tensor:
     /// see [`BitnetTensors::ternary`]).
     pub fn encode(&self, fmt: WeightFormat) -> Result<Vec<u8>, ConvertError> {
+        if !self.scale.is_finite() {
+            return Err(ConvertError::Checkpoint(format!(
+                "a ternary matrix of {}x{} has scale {} (its source weights are not finite)",
+                self.rows, self.cols, self.scale
+            )));
+        }
         Ok((fmt.packing().pack)(self)?)
     }
 }
@@ -336,11 +372,12 @@ impl<'a> BitnetTensors<'a> {
         fmt: FloatFormat,
         data: impl FnOnce() -> Vec<f32> + 'a,
     ) {
+        let owned = name.to_string();
         self.tensors.push(TensorSpec {
             name: name.into(),
             dims: dims.to_vec(),
             ty: fmt.tensor_type(),
-            data: Box::new(move || Ok(fmt.encode(&data()))),
+            data: Box::new(move || fmt.encode(&owned, &data())),
         });
     }
     /// Token embeddings or an output head in `fmt` (Q8_0 needs rows of whole blocks).
@@ -357,11 +394,12 @@ impl<'a> BitnetTensors<'a> {
                 dims[0]
             )));
         }
+        let owned = name.to_string();
         self.tensors.push(TensorSpec {
             name: name.into(),
             dims: dims.to_vec(),
             ty: fmt.tensor_type(),
-            data: Box::new(move || Ok(fmt.encode(&data()))),
+            data: Box::new(move || fmt.encode(&owned, &data())),
         });
         Ok(())
     }

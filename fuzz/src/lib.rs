@@ -1,0 +1,58 @@
+//! Shared pieces of the fuzz targets (`fuzz_targets/*.rs`): splitting one input into parts,
+//! and the real vocabularies of the shared data.
+
+/// The receipt audit of `bitnet-validate`, compiled by path (see Cargo.toml).
+#[path = "../../harness/src/audit.rs"]
+pub mod audit;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// What separates the parts of a multi-part input (`engine/core/examples/fuzz_seeds.rs` writes
+/// its seeds with the same).
+pub const SPLIT: &[u8] = b"\n\x00--split--\x00\n";
+
+/// `data` cut at each [`SPLIT`], always `n` parts (missing ones empty, extra ones joined into
+/// the last).
+pub fn parts(data: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = data;
+    while out.len() + 1 < n {
+        match rest.windows(SPLIT.len()).position(|w| w == SPLIT) {
+            Some(i) => {
+                out.push(&rest[..i]);
+                rest = &rest[i + SPLIT.len()..];
+            }
+            None => break,
+        }
+    }
+    out.push(rest);
+    out.resize(n, &[]);
+    out
+}
+
+/// The shared data directory: `BITNET_SHARED`, else `../shared` beside the repository.
+fn shared() -> PathBuf {
+    std::env::var_os("BITNET_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+}
+
+/// llama.cpp's LLaMA-3 BPE and LLaMA SentencePiece vocabularies, loaded once. A fuzz run
+/// without them is useless, so their absence stops it with a message.
+pub fn vocabularies() -> &'static [bitnet::tokenizer::Tokenizer; 2] {
+    static V: OnceLock<[bitnet::tokenizer::Tokenizer; 2]> = OnceLock::new();
+    V.get_or_init(|| {
+        let load = |name: &str| {
+            let p = shared().join("tokenizers").join(name);
+            let g = bitnet::gguf::Gguf::open(&p)
+                .unwrap_or_else(|e| panic!("{}: {e} (set BITNET_SHARED)", p.display()));
+            bitnet::tokenizer::Tokenizer::from_gguf(&g)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        [
+            load("ggml-vocab-llama-bpe.gguf"),
+            load("ggml-vocab-llama-spm.gguf"),
+        ]
+    })
+}
