@@ -231,6 +231,13 @@ pub struct RunArgs {
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
+    // A chat-template render worker of `bitnet serve` (not a user command).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == bitnet_server::sandbox::WORKER_ARG)
+    {
+        return bitnet_server::sandbox::worker_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -330,6 +337,8 @@ fn dispatch(cmd: Command, pre: Option<&str>, head: Option<HeadFormat>) -> Result
         Command::Serve(mut a) => {
             a.tokenizer_pre = pre.map(str::to_string);
             a.head = head;
+            // Chat templates render in sandboxed workers: this binary, `__render-worker`.
+            a.render_exe = Some(std::env::current_exe().map_err(|e| Error::io("current_exe", e))?);
             bitnet_server::run(a)
         }
         Command::Keygen { output } => {

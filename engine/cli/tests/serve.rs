@@ -950,3 +950,144 @@ fn a_second_signal_ends_the_drain_at_once() {
         r.join().unwrap();
     }
 }
+
+/// Slow clients (slowloris) hold a connection for a bounded time: a request head sent a byte
+/// at a time is cut at `--header-timeout`, a body that trickles in gets a 408 at
+/// `--body-timeout`, and meanwhile liveness and real requests are answered at once.
+#[test]
+fn slow_clients_are_cut_off_and_the_server_keeps_answering() {
+    let s = serve(&["--header-timeout", "2", "--body-timeout", "2"]);
+    let t0 = Instant::now();
+    // Heads a byte every 200 ms: each is closed by the server, which we see as a failed
+    // write or an end of stream.
+    let heads: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                let head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+                let start = Instant::now();
+                for &b in head.iter().cycle() {
+                    if c.write_all(&[b]).is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; 256];
+                    if let Ok(0) = c.read(&mut buf) {
+                        break;
+                    }
+                    if start.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    // Bodies that never finish: whole heads, then a byte every 200 ms.
+    let bodies: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n").unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                let start = Instant::now();
+                let mut raw = Vec::new();
+                loop {
+                    if c.write_all(b" ").is_err() || start.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                    let mut buf = [0u8; 4096];
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => raw.extend_from_slice(&buf[..n]),
+                        Err(_) => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = c.read_to_end(&mut raw);
+                (start.elapsed(), raw)
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        assert_eq!(s.get("/health/live").0, 200);
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "liveness took {worst:?}"
+    );
+    let r = s.post(
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for h in heads {
+        let held = h.join().unwrap();
+        assert!(
+            held >= Duration::from_millis(1500) && held < Duration::from_secs(6),
+            "a slow head held its connection {held:?} (--header-timeout 2)"
+        );
+    }
+    for h in bodies {
+        let (held, raw) = h.join().unwrap();
+        assert!(held < Duration::from_secs(6), "a slow body held {held:?}");
+        let r = parse_reply(&raw);
+        assert_eq!(r.status, 408, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "body_timeout", "{}", r.body);
+    }
+}
+
+/// A template that needs unbounded memory (a string doubled by recursion: minijinja's fuel
+/// and caps do not see it) is rendered in a sandboxed worker process, which dies at its
+/// memory limit: the request gets a 500 naming the cause, the server's own memory stays
+/// small, the next request gets a fresh worker, and the server drains and exits normally.
+#[test]
+fn a_template_that_exhausts_memory_ends_only_its_sandboxed_renderer() {
+    let path = tmp(&format!("membomb-{}.jinja", std::process::id()));
+    std::fs::write(
+        &path,
+        "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}{% endmacro %}{{ d('x' * 1000000, 24) }}",
+    )
+    .unwrap();
+    let mut s = serve(&["--chat-template", path.to_str().unwrap()]);
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    for _ in 0..2 {
+        let r = s.post("/v1/chat/completions", chat.clone());
+        assert_eq!(r.status, 500, "{}", r.body);
+        let e = &r.json()["error"];
+        assert_eq!(e["code"], "chat_template_failed", "{}", r.body);
+        assert!(
+            e["message"].as_str().unwrap().contains("memory allocation"),
+            "{}",
+            r.body
+        );
+        assert_eq!(s.get("/health/live").0, 200);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 200 << 10,
+        "the server itself grew to {rss_kib} KiB"
+    );
+    let r = s.post(
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t0 = Instant::now();
+    s.sigterm();
+    let st = s.exit_within(t0, Duration::from_secs(10), "SIGTERM");
+    assert_eq!(st.code(), Some(0));
+}

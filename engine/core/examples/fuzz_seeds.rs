@@ -114,6 +114,15 @@ fn write_named(dir: &Path, stem: &str, bytes: &[u8]) -> Res<()> {
     Ok(())
 }
 
+/// A seed model: file name, weight format, vocabulary, FFN activation, shape.
+type Case<'a> = (
+    &'a str,
+    WeightFormat,
+    fn() -> Vocab,
+    Activation,
+    &'a ShapeOverrides,
+);
+
 fn gguf_seeds(out: &Path) -> Res<()> {
     let tmp = std::env::temp_dir().join(format!("fuzz-seed-{}.gguf", std::process::id()));
     let shape = ShapeOverrides {
@@ -129,12 +138,42 @@ fn gguf_seeds(out: &Path) -> Res<()> {
         hidden_dim: Some(256),
         ..shape.clone()
     };
-    let cases: [(&str, WeightFormat, fn() -> Vocab, Activation, &ShapeOverrides); 5] = [
-        ("i2s-spm", WeightFormat::I2S, spm_vocab, Activation::Silu, &shape),
-        ("i2s-bpe-relu2", WeightFormat::I2S, bpe_vocab, Activation::Relu2, &shape),
-        ("tq1_0-spm", WeightFormat::TQ1_0, spm_vocab, Activation::Silu, &wide),
-        ("tq2_0-bpe", WeightFormat::TQ2_0, bpe_vocab, Activation::Silu, &wide),
-        ("tl2-spm", WeightFormat::TL2, spm_vocab, Activation::Silu, &shape),
+    let cases: [Case; 5] = [
+        (
+            "i2s-spm",
+            WeightFormat::I2S,
+            spm_vocab,
+            Activation::Silu,
+            &shape,
+        ),
+        (
+            "i2s-bpe-relu2",
+            WeightFormat::I2S,
+            bpe_vocab,
+            Activation::Relu2,
+            &shape,
+        ),
+        (
+            "tq1_0-spm",
+            WeightFormat::TQ1_0,
+            spm_vocab,
+            Activation::Silu,
+            &wide,
+        ),
+        (
+            "tq2_0-bpe",
+            WeightFormat::TQ2_0,
+            bpe_vocab,
+            Activation::Silu,
+            &wide,
+        ),
+        (
+            "tl2-spm",
+            WeightFormat::TL2,
+            spm_vocab,
+            Activation::Silu,
+            &shape,
+        ),
     ];
     for (name, weights, vocab, act, shape) in cases {
         // Q8_0 embeddings keep the seeds small.
@@ -183,7 +222,8 @@ fn hf_seeds(out: &Path, fixtures: &Path) -> Res<()> {
     // (The other layouts keep bf16 matrices: seeds of half a megabyte, which slow the fuzzer.)
     for name in ["bitlinear-a"] {
         let dir = fixtures.join(name);
-        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
         config["num_hidden_layers"] = 1.into();
         let weights = std::fs::read(dir.join("model.safetensors"))?;
         let st = safetensors::SafeTensors::deserialize(&weights)?;

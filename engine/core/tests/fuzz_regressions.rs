@@ -56,7 +56,10 @@ fn gguf_regressions_are_typed_errors_or_sane() {
         };
         if let Ok(tok) = Tokenizer::from_gguf(&g) {
             let ids = tok.encode("Hello world <s>", true, true);
-            assert!(ids.iter().all(|&i| (i as usize) < tok.vocab_size()), "{name}");
+            assert!(
+                ids.iter().all(|&i| (i as usize) < tok.vocab_size()),
+                "{name}"
+            );
         }
         match Model::from_gguf(Arc::new(g)) {
             Err(e) => println!("{name}: {e}"),

@@ -54,20 +54,38 @@ async fn render_chat(a: &Admitted, messages: Vec<Message>) -> Result<String, Api
         .map_err(|_| ApiError::templates_busy(RENDER_DEADLINE.as_secs()))?
         .map_err(|_| ApiError::internal("the render semaphore was closed"))?;
     let loaded = a.loaded.clone();
+    let sandbox = a.app.sandbox.clone();
+    let running = Arc::new(std::sync::Mutex::new(None));
+    let started = running.clone();
     let render = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        loaded.chat.render(&messages)
+        match &sandbox {
+            Some(s) => s.render(&loaded.chat, &messages, |r| {
+                *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(r)
+            }),
+            None => loaded.chat.render(&messages),
+        }
     });
     match tokio::time::timeout_at(deadline, render).await {
-        Err(_) => Err(ApiError::template_failed(format!(
-            "chat template {}: did not render within {} s",
-            a.loaded.chat.name,
-            RENDER_DEADLINE.as_secs()
-        ))),
+        Err(_) => {
+            // Past the deadline: end the worker (an in-process render ends by its own budget;
+            // its answer is dropped).
+            let r = *running.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(s), Some(r)) = (&a.app.sandbox, r) {
+                s.kill(r);
+            }
+            Err(ApiError::template_failed(format!(
+                "chat template {}: did not render within {} s",
+                a.loaded.chat.name,
+                RENDER_DEADLINE.as_secs()
+            )))
+        }
         Ok(Err(e)) => Err(ApiError::internal(format!("template render task: {e}"))),
         Ok(Ok(Err(e))) => Err(match e.failure {
             Failure::Invalid => ApiError::bad_request(e.to_string()),
-            Failure::OutOfFuel | Failure::TooLong => ApiError::template_failed(e.to_string()),
+            Failure::OutOfFuel | Failure::TooLong | Failure::Crashed => {
+                ApiError::template_failed(e.to_string())
+            }
         }),
         Ok(Ok(Ok(text))) => Ok(text),
     }

@@ -80,13 +80,15 @@ impl Default for RenderLimits {
 pub struct ChatTemplate {
     env: Environment<'static>,
     pub name: String,
+    /// The Jinja text (a built-in's resolved).
+    source: String,
     bos: String,
     eos: String,
     limits: RenderLimits,
 }
 
 /// Why a template did not render.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Failure {
     /// It does not compile, raised an exception, or failed on the messages: the request's
     /// messages may be what it refuses.
@@ -95,6 +97,9 @@ pub enum Failure {
     OutOfFuel,
     /// Its output passed `max_output` bytes.
     TooLong,
+    /// It ended the process rendering it ([`crate::sandbox`]): past the memory limit, a
+    /// stack overflow, or killed at its deadline.
+    Crashed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,50 @@ pub struct TemplateError {
     pub name: String,
     pub message: String,
     pub failure: Failure,
+}
+
+/// Nesting a printed value may have.
+const PRINT_DEPTH: usize = 32;
+/// Elements a printed value may have, all levels together.
+const PRINT_ELEMENTS: usize = 100_000;
+
+/// Whether `v` can be printed in bounded time and stack: nested at most [`PRINT_DEPTH`] deep
+/// (a value that contains itself is infinitely deep) with at most [`PRINT_ELEMENTS`] elements.
+fn printable(v: &minijinja::Value, depth: usize, seen: &mut usize) -> Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    if !matches!(
+        v.kind(),
+        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable | ValueKind::Plain
+    ) {
+        return Ok(());
+    }
+    if depth >= PRINT_DEPTH {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("a printed value is nested more than {PRINT_DEPTH} deep (or contains itself)"),
+        ));
+    }
+    let Ok(items) = v.try_iter() else {
+        return Ok(());
+    };
+    let is_map = v.kind() == ValueKind::Map;
+    for item in items {
+        *seen += 1;
+        if *seen > PRINT_ELEMENTS {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("a printed value has more than {PRINT_ELEMENTS} elements"),
+            ));
+        }
+        if is_map {
+            if let Ok(x) = v.get_item(&item) {
+                printable(&x, depth + 1, seen)?;
+            }
+        } else {
+            printable(&item, depth + 1, seen)?;
+        }
+    }
+    Ok(())
 }
 
 /// A `Vec<u8>` that refuses to grow past `limit` bytes.
@@ -143,6 +192,12 @@ impl ChatTemplate {
             },
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // A namespace can be stored in itself; printing it would recurse until the stack
+        // overflows. Check what is printed first.
+        env.set_formatter(|out, state, value| {
+            printable(value, 0, &mut 0)?;
+            minijinja::escape_formatter(out, state, value)
+        });
         env.add_template_owned("chat", text.to_string())
             .map_err(|e| TemplateError {
                 name: name.into(),
@@ -152,6 +207,7 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             name: name.into(),
+            source: text.to_string(),
             bos: bos.into(),
             eos: eos.into(),
             limits,
@@ -160,9 +216,24 @@ impl ChatTemplate {
 
     /// The same template with other bounds.
     pub fn with_limits(mut self, limits: RenderLimits) -> Self {
+        self.set_limits(limits);
+        self
+    }
+
+    pub fn set_limits(&mut self, limits: RenderLimits) {
         self.env.set_fuel(Some(limits.fuel));
         self.limits = limits;
-        self
+    }
+
+    /// The Jinja text, and the special-token texts it is rendered with.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    pub fn bos(&self) -> &str {
+        &self.bos
+    }
+    pub fn eos(&self) -> &str {
+        &self.eos
     }
 
     /// The same template with another instruction budget.
@@ -314,6 +385,11 @@ mod tests {
             ),
             // Deep nesting.
             (deep.as_str(), Failure::Invalid),
+            // A namespace that contains itself, printed (fuzzer finding: a stack overflow).
+            (
+                "{% set ns = namespace(n=0) %}{% set ns.n = [1, ns] %}{{ ns.n }}",
+                Failure::Invalid,
+            ),
         ];
         for (src, want) in cases {
             let t0 = std::time::Instant::now();

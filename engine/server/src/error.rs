@@ -26,7 +26,7 @@ pub struct ApiError {
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         let kind = match status.as_u16() {
-            400 | 404 | 413 | 422 => "invalid_request_error",
+            400 | 404 | 408 | 413 | 422 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
             503 => "service_unavailable",
@@ -167,6 +167,15 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "scheduler_dead",
             "the generation thread stopped",
+        )
+    }
+
+    /// 408 `body_timeout`: the client did not send its whole body within `--body-timeout`.
+    pub fn body_timeout(secs: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {secs} s (--body-timeout)"),
         )
     }
 

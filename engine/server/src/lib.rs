@@ -18,6 +18,7 @@ pub mod answer;
 pub mod api;
 pub mod batch;
 pub mod chat;
+pub mod conn;
 pub mod error;
 pub mod fields;
 pub mod health;
@@ -25,6 +26,7 @@ pub mod lifecycle;
 pub mod limit;
 pub mod metrics;
 pub mod request;
+pub mod sandbox;
 pub mod scheduler;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -36,7 +38,6 @@ use bitnet::error::{Error, Result};
 use bitnet::model::Model;
 use bitnet::tokenizer::Tokenizer;
 use lifecycle::Transition;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -69,6 +70,16 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Seconds a client has to send a request's head; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout: u64,
+    /// Seconds a client has to send a request's body once its head has arrived (else 408).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
     /// Completion requests per second per client address (0 = no limit).
     #[arg(long, default_value_t = 0.0)]
     pub rate_limit: f64,
@@ -85,6 +96,11 @@ pub struct ServeArgs {
     /// The output projection's format at load (the global `--head`, set by the CLI).
     #[arg(skip)]
     pub head: Option<bitnet::model::HeadFormat>,
+    /// The binary whose `__render-worker` subcommand renders chat templates in a sandbox
+    /// ([`sandbox`]); the CLI sets it to itself. None: in-process renders (minijinja's limits
+    /// only), with a warning.
+    #[arg(skip)]
+    pub render_exe: Option<PathBuf>,
     /// Model id reported by /v1/models (default: the file name without extension).
     #[arg(long)]
     pub alias: Option<String>,
@@ -110,6 +126,12 @@ impl ServeArgs {
         }
         if self.request_timeout == 0 {
             return bad("--request-timeout must be at least 1 second");
+        }
+        if self.header_timeout == 0 || self.body_timeout == 0 {
+            return bad("--header-timeout and --body-timeout must be at least 1 second");
+        }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1");
         }
         if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
             return bad("--rate-limit must be a non-negative number");
@@ -148,6 +170,8 @@ pub struct App {
     pub forced_exit: AtomicBool,
     /// Chat-template renders running at once (off the async runtime; each bounded).
     pub renders: Arc<tokio::sync::Semaphore>,
+    /// The render workers, one per render at once ([`sandbox`]).
+    pub sandbox: Option<Arc<sandbox::Sandbox>>,
 }
 
 /// Chat-template renders that may run at once, each on a blocking thread.
@@ -196,7 +220,7 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 }
 
 /// Loads the model, tokenizer and chat template.
-fn load(opts: &ServeArgs) -> Result<Loaded> {
+fn load(opts: &ServeArgs, sandbox: Option<&sandbox::Sandbox>) -> Result<Loaded> {
     let file = Arc::new(bitnet::gguf::Gguf::open(&opts.model)?);
     let tok = Tokenizer::from_gguf_with(&file, opts.tokenizer_pre.as_deref())?;
     if let Some(note) = tok.pre_note() {
@@ -239,7 +263,14 @@ fn load(opts: &ServeArgs) -> Result<Loaded> {
             role: role.into(),
             content: content.into(),
         });
-    if let Err(e) = chat.render(&dry_run) {
+    let rendered = match sandbox {
+        Some(s) => s.render(&chat, &dry_run, |_| {}),
+        None => {
+            eprintln!("bitnet serve: warning: chat templates render in this process, without the sandbox's memory limit");
+            chat.render(&dry_run)
+        }
+    };
+    if let Err(e) = rendered {
         eprintln!("bitnet serve: warning: a dry run of the chat template failed: {e}");
     }
     Ok(Loaded {
@@ -292,6 +323,10 @@ async fn serve(opts: ServeArgs) -> Result<()> {
             .map_or(0, |d| d.as_secs()),
         threads,
         renders: Arc::new(tokio::sync::Semaphore::new(RENDERS_AT_ONCE)),
+        sandbox: opts
+            .render_exe
+            .clone()
+            .map(|exe| Arc::new(sandbox::Sandbox::new(exe, RENDERS_AT_ONCE))),
         forced_exit: AtomicBool::new(false),
         opts,
     });
@@ -307,7 +342,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
             .spawn(move || {
                 std::thread::sleep(Duration::from_millis(app.opts.startup_delay_ms));
                 let t0 = Instant::now();
-                let loaded = match load(&app.opts) {
+                let loaded = match load(&app.opts, app.sandbox.as_deref()) {
                     Ok(l) => l,
                     Err(e) => {
                         app.lifecycle.apply(Transition::LoadFailed(e.to_string()));
@@ -358,14 +393,14 @@ async fn serve(opts: ServeArgs) -> Result<()> {
     watch_signals(app.clone(), signalled.clone())?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let limits = conn::Limits {
+        header_timeout: Duration::from_secs(app.opts.header_timeout),
+        max_connections: app.opts.max_connections,
+    };
+    let server = conn::serve(listener, router(app.clone()), limits, async move {
         let _ = stop_rx.await;
     });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let mut server = std::pin::pin!(server);
 
     // Serve until a signal (or a load failure), then drain while still answering probes.
     let load_failure = tokio::select! {
@@ -406,7 +441,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
     }
     // Streams have ended; close the listener and let open answers finish (bounded).
     let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut server).await;
+    let _ = tokio::time::timeout(conn::CLOSE_GRACE + Duration::from_secs(1), &mut server).await;
     eprintln!(
         "bitnet serve: stopped ({})",
         if clean {

@@ -11,7 +11,7 @@ use bitnet::sample::SamplerParams;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// The two completion routes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -38,8 +38,10 @@ pub async fn read_json<T: DeserializeOwned>(
     body: Body,
     route: Option<Route>,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, app.opts.max_body)
+    let read = axum::body::to_bytes(body, app.opts.max_body);
+    let bytes = tokio::time::timeout(Duration::from_secs(app.opts.body_timeout), read)
         .await
+        .map_err(|_| ApiError::body_timeout(app.opts.body_timeout))?
         .map_err(|_| ApiError::body_too_large(app.opts.max_body))?;
     parse_body(&bytes, route)
 }

@@ -163,7 +163,7 @@ impl EmbedFormat {
 /// Every value of tensor `name` finite and within `max` in magnitude: a converter refuses a
 /// checkpoint whose values the engine would refuse at load.
 fn check_range(name: &str, v: &[f32], max: f32) -> Result<(), ConvertError> {
-    match v.iter().position(|x| !(x.abs() <= max)) {
+    match v.iter().position(|x| x.is_nan() || x.abs() > max) {
         None => Ok(()),
         Some(i) => Err(ConvertError::Checkpoint(format!(
             "{name}: value {} at index {i} is not finite{}",
