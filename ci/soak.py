@@ -7,13 +7,15 @@ the books are balanced.
 It converts the shared bitllama2c model (BITNET_SHARED or ../shared) and starts the server on
 a free loopback port with short timeouts and a rate limit, then runs at once, until time is up:
 
-  - good requests: whole completions and streamed chats (four clients, 127.0.1.1-4);
+  - good requests: whole completions and streamed chats (four clients, 127.0.1.1-4, each
+    also sending the bad requests below from 127.0.2.1-4);
   - malformed bodies (bad JSON, wrong types, unknown fields) and oversize bodies;
   - clients that disconnect in the middle of a stream;
   - slowloris clients: heads sent a byte at a time, and bodies that never finish;
   - bursts of twice the rate limit's burst at once (from 127.0.0.2);
   - a kubelet-style liveness prober in its own process (a new connection every 100 ms).
 
+Clients that get 429 or 503 come back after a second (their Retry-After), as real ones do.
 The load generator runs at a lower priority (nice 10) than the server and the prober: the
 clients of a real server are on other machines. Every 10 s it samples the server's RSS. At the end it checks, and prints as JSON:
 
@@ -89,11 +91,18 @@ class Books:
         self.lock = threading.Lock()
         self.c = {}
         self.errors = []
+        self.backoff = set()
 
-    def add(self, cat, outcome, n=1):
+    def add(self, cat, outcome, n=1, status=None):
         with self.lock:
-            d = self.c.setdefault(cat, {"sent": 0, "completed": 0, "rejected": 0, "cancelled": 0, "error": 0})
+            d = self.c.setdefault(cat, {"sent": 0, "completed": 0, "rejected": 0, "cancelled": 0, "error": 0,
+                                        "statuses": {}})
             d[outcome] += n
+            if status is not None:
+                d["statuses"][str(status)] = d["statuses"].get(str(status), 0) + n
+        if status in (429, 503):
+            # As real clients do: come back after Retry-After (at least 1 s), not at once.
+            self.backoff.add(threading.get_ident())
 
     def error(self, cat, what):
         with self.lock:
@@ -108,9 +117,9 @@ def good_completion(addr, books, rng):
         "max_tokens": rng.randint(8, 48), "temperature": 0.8, "seed": rng.randint(0, 1 << 30)})
     if st == 200:
         json.loads(body)["choices"][0]["text"]
-        books.add("good", "completed")
+        books.add("good", "completed", status=st)
     elif st in (429, 503):
-        books.add("good", "rejected")
+        books.add("good", "rejected", status=st)
     else:
         books.error("good", f"status {st}: {body[:200]!r}")
 
@@ -141,9 +150,9 @@ def good_stream(addr, books, rng, cancel):
             if not buf.startswith(b"HTTP/1.1 200"):
                 st = int(buf.split()[1]) if buf.startswith(b"HTTP/1.1") else 0
                 if st in (429, 503):
-                    return books.add(cat, "rejected")
+                    return books.add(cat, "rejected", status=st)
                 return books.error(cat, f"no stream: {buf[:200]!r}")
-            return books.add(cat, "cancelled")
+            return books.add(cat, "cancelled", status=200)
         chunks = []
         while True:
             b = s.recv(65536)
@@ -153,9 +162,9 @@ def good_stream(addr, books, rng, cancel):
         raw = b"".join(chunks)
         st = int(raw.split()[1])
         if st == 200 and b"data: [DONE]" in raw:
-            books.add(cat, "completed")
+            books.add(cat, "completed", status=st)
         elif st in (429, 503):
-            books.add(cat, "rejected")
+            books.add(cat, "rejected", status=st)
         else:
             books.error(cat, f"status {st}: {raw[:200]!r}")
     finally:
@@ -179,7 +188,7 @@ def malformed(addr, books, rng):
     st, _, body = http(addr, "POST", rng.choice(COMPLETION_ROUTES), raw_body=rng.choice(MALFORMED),
                        source=rng.source)
     if 400 <= st < 500 and json.loads(body)["error"]["message"]:
-        books.add("malformed", "rejected")
+        books.add("malformed", "rejected", status=st)
     else:
         books.error("malformed", f"status {st}: {body[:200]!r}")
 
@@ -192,9 +201,9 @@ def oversize(addr, books, rng):
     except (ConnectionResetError, BrokenPipeError):
         # The server answered 413 and closed before reading the rest; the client's socket
         # saw the reset first. The server's own count has the 413.
-        return books.add("oversize", "rejected")
+        return books.add("oversize", "rejected", status="reset")
     if st in (413, 429):
-        books.add("oversize", "rejected")
+        books.add("oversize", "rejected", status=st)
     else:
         books.error("oversize", f"status {st}: {body[:200]!r}")
 
@@ -207,9 +216,9 @@ def burst(addr, books, rng):
             books.add("burst", "sent")
             st, _, body = http(addr, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, source="127.0.0.2")
             if st == 200:
-                books.add("burst", "completed")
+                books.add("burst", "completed", status=st)
             elif st in (429, 503):
-                books.add("burst", "rejected")
+                books.add("burst", "rejected", status=st)
             else:
                 books.error("burst", f"status {st}: {body[:200]!r}")
         t = threading.Thread(target=one)
@@ -275,7 +284,7 @@ def slow_body(addr, books, stats):
         s.close()
     stats.append(("body", time.monotonic() - t0))
     if raw.startswith(b"HTTP/1.1 408"):
-        books.add("slow-body", "rejected")
+        books.add("slow-body", "rejected", status=408)
     else:
         books.error("slow-body", f"{raw[:200]!r}")
 
@@ -317,12 +326,18 @@ def rss_kib(pid):
 def worker(addr, books, stop_at, seed, errors):
     rng = random.Random(seed)
     rng.source = f"127.0.1.{seed + 1}"
+    bad = random.Random(seed + 1000)
+    bad.source = f"127.0.2.{seed + 1}"
     kinds = [(good_completion, 6), (lambda a, b, r: good_stream(a, b, r, False), 4),
              (lambda a, b, r: good_stream(a, b, r, True), 2), (malformed, 3), (oversize, 1)]
     table = [k for k, w in kinds for _ in range(w)]
     while time.time() < stop_at:
         try:
-            rng.choice(table)(addr, books, rng)
+            kind = rng.choice(table)
+            kind(addr, books, bad if kind in (malformed, oversize) else rng)
+            if threading.get_ident() in books.backoff:
+                books.backoff.discard(threading.get_ident())
+                time.sleep(1.0)
         except Exception as e:  # noqa: BLE001 - every failure is reported, none is fatal
             errors.append(repr(e))
 

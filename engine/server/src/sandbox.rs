@@ -98,7 +98,12 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    renders: usize,
 }
+
+/// Renders a worker does before it is replaced: a template that stores a namespace in itself
+/// leaks that memory (a reference cycle) on every render; a fresh process gives it back.
+pub const RENDERS_PER_WORKER: usize = 1000;
 
 /// One worker slot. `ticket` names the render running in it (0: none); whoever clears it
 /// first decides that render's end: the render itself when its answer arrives, or
@@ -171,6 +176,7 @@ impl Sandbox {
             child,
             stdin,
             stdout,
+            renders: 0,
         })
     }
 
@@ -245,6 +251,19 @@ impl Sandbox {
             .compare_exchange(ticket, 0, Ordering::SeqCst, Ordering::SeqCst)
             .is_err();
         let read = if killed { Ok(0) } else { read };
+        w.renders += 1;
+        if w.renders >= RENDERS_PER_WORKER {
+            if let Some(mut old) = guard.take() {
+                slot.pid.store(0, Ordering::SeqCst);
+                drop(old.stdin);
+                let _ = old.child.kill();
+                let _ = old.child.wait();
+            }
+            return match read {
+                Ok(n) if n > 0 => self.reply(template, &answer),
+                _ => Err(fail(Failure::Crashed, "the render worker ended".into())),
+            };
+        }
         match read {
             Ok(n) if n > 0 => match serde_json::from_str::<Reply>(&answer) {
                 Ok(Reply::Ok(text)) => Ok(text),
@@ -281,6 +300,19 @@ impl Sandbox {
                     ),
                 ))
             }
+        }
+    }
+
+    fn reply(&self, template: &ChatTemplate, answer: &str) -> Result<String, TemplateError> {
+        let fail = |failure: Failure, message: String| TemplateError {
+            name: template.name.clone(),
+            message,
+            failure,
+        };
+        match serde_json::from_str::<Reply>(answer) {
+            Ok(Reply::Ok(text)) => Ok(text),
+            Ok(Reply::Err { failure, message }) => Err(fail(failure, message)),
+            Err(e) => Err(fail(Failure::Crashed, format!("unreadable worker answer: {e}"))),
         }
     }
 
