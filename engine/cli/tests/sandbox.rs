@@ -29,16 +29,28 @@ fn sandboxed_renders_equal_in_process_ones_across_worker_replacements() {
     let t = ChatTemplate::new("llama3", "llama3", "<|begin_of_text|>", "").unwrap();
     for i in 0..RENDERS_PER_WORKER + 50 {
         let m = msgs(i);
-        assert_eq!(s.render(&t, &m, |_| {}).unwrap(), t.render(&m).unwrap(), "render {i}");
+        assert_eq!(
+            s.render(&t, &m, |_| {}).unwrap(),
+            t.render(&m).unwrap(),
+            "render {i}"
+        );
     }
     // Typed failures come back as they are.
     let bad = ChatTemplate::new("bad", "{{ raise_exception('no') }}", "", "").unwrap();
     let e = s.render(&bad, &msgs(0), |_| {}).unwrap_err();
     assert_eq!(e.failure, Failure::Invalid, "{e}");
-    let fuel = ChatTemplate::new("loop", "{% for i in range(100000) %}{{ i }}{% endfor %}", "", "")
-        .unwrap()
-        .with_fuel(1000);
-    assert_eq!(s.render(&fuel, &msgs(0), |_| {}).unwrap_err().failure, Failure::OutOfFuel);
+    let fuel = ChatTemplate::new(
+        "loop",
+        "{% for i in range(100000) %}{{ i }}{% endfor %}",
+        "",
+        "",
+    )
+    .unwrap()
+    .with_fuel(1000);
+    assert_eq!(
+        s.render(&fuel, &msgs(0), |_| {}).unwrap_err().failure,
+        Failure::OutOfFuel
+    );
 }
 
 #[test]
@@ -71,5 +83,8 @@ fn a_render_past_its_deadline_is_killed_and_the_next_gets_a_new_worker() {
     let text = s.render(&t, &msgs(1), |r| first = Some(r)).unwrap();
     s.kill(first.unwrap());
     assert_eq!(text, t.render(&msgs(1)).unwrap());
-    assert_eq!(s.render(&t, &msgs(2), |_| {}).unwrap(), t.render(&msgs(2)).unwrap());
+    assert_eq!(
+        s.render(&t, &msgs(2), |_| {}).unwrap(),
+        t.render(&msgs(2)).unwrap()
+    );
 }

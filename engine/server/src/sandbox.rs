@@ -312,7 +312,10 @@ impl Sandbox {
         match serde_json::from_str::<Reply>(answer) {
             Ok(Reply::Ok(text)) => Ok(text),
             Ok(Reply::Err { failure, message }) => Err(fail(failure, message)),
-            Err(e) => Err(fail(Failure::Crashed, format!("unreadable worker answer: {e}"))),
+            Err(e) => Err(fail(
+                Failure::Crashed,
+                format!("unreadable worker answer: {e}"),
+            )),
         }
     }
 

@@ -463,6 +463,27 @@ impl Tokenizer {
             Kind::Spm { byte_tokens }
         } else {
             let (pre, ignore_merges, _) = bpe_pre(p.pre)?;
+            // A merge must join two tokens of the vocabulary into a third: one that names
+            // anything else is a damaged or mismatched file, not something to tokenize with.
+            for (rank, m) in p.merges.iter().enumerate() {
+                let m = m.as_ref();
+                let cut = m
+                    .char_indices()
+                    .skip(1)
+                    .find(|&(_, c)| c == ' ')
+                    .map(|(i, _)| i);
+                let missing = cut.and_then(|i| {
+                    let (l, r) = (&m[..i], &m[i + 1..]);
+                    [l.to_string(), r.to_string(), format!("{l}{r}")]
+                        .into_iter()
+                        .find(|t| vocab.id(t).is_none())
+                });
+                if let Some(t) = missing {
+                    return Err(bad(format!(
+                        "tokenizer.ggml.merges[{rank}] = {m:?}: {t:?} is not a token of the vocabulary"
+                    )));
+                }
+            }
             Kind::Bpe(Box::new(bpe::Bpe::new(pre, ignore_merges, p.merges)?))
         };
 
@@ -633,5 +654,37 @@ impl Tokenizer {
     /// The vocabulary text of a token (`▁`-escaped / byte-alphabet form, as stored).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.vocab.texts.get(id as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bpe(merges: &[&str]) -> Result<Tokenizer> {
+        let tokens = ["a", "b", "ab", "c"].map(String::from).to_vec();
+        Tokenizer::from_parts(
+            "gpt2",
+            Some("llama-bpe"),
+            tokens,
+            vec![],
+            vec![],
+            merges.iter().map(|m| m.to_string()).collect(),
+            None,
+            None,
+            false,
+            false,
+        )
+    }
+
+    /// What loads must be sane: a merge joins two tokens into a third, all in the vocabulary.
+    #[test]
+    fn merges_must_name_tokens_of_the_vocabulary() {
+        let t = bpe(&["a b"]).unwrap();
+        assert_eq!(t.encode("ab", false, false), vec![2]);
+        for (m, missing) in [("a c", "\"ac\""), ("x b", "\"x\""), ("a z", "\"z\"")] {
+            let e = bpe(&["a b", m]).err().expect("refused").to_string();
+            assert!(e.contains("merges[1]") && e.contains(missing), "{m}: {e}");
+        }
     }
 }
