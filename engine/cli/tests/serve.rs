@@ -497,15 +497,38 @@ fn fields_the_server_does_not_honour_are_refused_by_name_never_ignored() {
     };
     let (c, chat) = ("/v1/completions", "/v1/chat/completions");
     let msgs = json!([{"role": "user", "content": "hi"}]);
+    // Every OpenAI field not implemented, each asking for something.
+    for (field, value) in [
+        ("response_format", json!({"type": "json_object"})),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        ),
+        ("tool_choice", json!("required")),
+        ("parallel_tool_calls", json!(true)),
+        ("functions", json!([{"name": "f"}])),
+        ("function_call", json!("auto")),
+        ("logit_bias", json!({"1": 5})),
+        ("suffix", json!("end")),
+        ("best_of", json!(2)),
+        ("grammar", json!("root ::= \"a\"")),
+        ("json_schema", json!({"type": "object"})),
+        ("audio", json!({"voice": "alloy"})),
+        ("modalities", json!(["text", "audio"])),
+        ("prediction", json!({"type": "content", "content": "x"})),
+        ("reasoning_effort", json!("high")),
+        ("web_search_options", json!({"search_context_size": "low"})),
+        ("store", json!(true)),
+        ("metadata", json!({"k": "v"})),
+        ("service_tier", json!("flex")),
+    ] {
+        let mut b = json!({"messages": msgs});
+        b[field] = value;
+        refused(chat, b, field, "unsupported_parameter");
+    }
     refused(
         c,
-        json!({"prompt": "x", "logprobs": 3}),
-        "logprobs",
-        "unsupported_parameter",
-    );
-    refused(
-        chat,
-        json!({"messages": msgs, "logprobs": true, "top_logprobs": 2}),
+        json!({"prompt": "x", "logprobs": 1, "echo": true}),
         "logprobs",
         "unsupported_parameter",
     );
@@ -1064,8 +1087,11 @@ fn a_template_that_exhausts_memory_ends_only_its_sandboxed_renderer() {
         assert_eq!(r.status, 500, "{}", r.body);
         let e = &r.json()["error"];
         assert_eq!(e["code"], "chat_template_failed", "{}", r.body);
+        // The worker dies at its memory limit, or (on a slow or busy machine, before it gets
+        // there) is killed at the render deadline: either way only the worker ends.
+        let m = e["message"].as_str().unwrap();
         assert!(
-            e["message"].as_str().unwrap().contains("memory allocation"),
+            m.contains("memory allocation") || m.contains("did not render within"),
             "{}",
             r.body
         );
@@ -1090,4 +1116,147 @@ fn a_template_that_exhausts_memory_ends_only_its_sandboxed_renderer() {
     s.sigterm();
     let st = s.exit_within(t0, Duration::from_secs(10), "SIGTERM");
     assert_eq!(st.code(), Some(0));
+}
+
+/// `logprobs` in both APIs, whole and streamed: one entry per generated token, each the
+/// log-softmax of the logits that token was sampled from (checked against the model run
+/// directly, teacher-forced over the prompt and the generated tokens), alternatives sorted,
+/// the streamed entries equal to the whole answer's; bad combinations are 400s.
+#[test]
+fn logprobs_whole_and_streamed_are_the_models_log_softmax() {
+    let s = serve(&["--chat-template", "plain"]);
+    // Completions: the columns.
+    let body =
+        json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "logprobs": 3});
+    let v = s.post("/v1/completions", body.clone()).json();
+    let c = &v["choices"][0];
+    let lp = &c["logprobs"];
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), n, "{lp}");
+    assert_eq!(tokens.concat(), c["text"].as_str().unwrap());
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{top:?}");
+        // Greedy: the chosen token is the most likely one.
+        let best = top
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert_eq!(best, lp["token_logprobs"][i].as_f64().unwrap());
+    }
+
+    // The same numbers from the model itself.
+    let m = bitnet::model::Model::load(converted("i2_s", "f32")).unwrap();
+    let g = bitnet::gguf::Gguf::open(converted("i2_s", "f32")).unwrap();
+    let tok = bitnet::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let prompt = tok.encode("Once upon a time", true, false);
+    let mut sess = bitnet::session::Session::new(&m);
+    let opts = bitnet::generate::GenerateOptions {
+        max_tokens: 12,
+        sampler: bitnet::sample::SamplerParams::greedy(),
+        stop: vec![],
+        ignore_eos: false,
+    };
+    let gen = bitnet::generate::generate(&mut sess, &tok, &prompt, &opts, &mut |_| true).unwrap();
+    assert_eq!(gen.tokens.len(), n);
+    let all: Vec<u32> = prompt.iter().chain(&gen.tokens).copied().collect();
+    let logits =
+        bitnet::eval::teacher_forced_logits(&mut sess, &all, bitnet::eval::Mode::Seq).unwrap();
+    let vocab = m.config.vocab_size;
+    for (k, &t) in gen.tokens.iter().enumerate() {
+        let row = &logits[(prompt.len() - 1 + k) * vocab..][..vocab];
+        let want = bitnet::generate::token_logprob(row, t, 0).logprob as f64;
+        let got = lp["token_logprobs"][k].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-6,
+            "token {k}: server {got}, model {want}"
+        );
+    }
+
+    // Chat: entries with bytes and alternatives; streamed = whole.
+    let body = json!({"messages": [{"role": "user", "content": "Once upon a time"}],
+        "max_tokens": 10, "temperature": 0.9, "seed": 5, "logprobs": true, "top_logprobs": 2});
+    let v = s.post("/v1/chat/completions", body.clone()).json();
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let mut bytes = Vec::new();
+    for e in &content {
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 2);
+        bytes.extend(
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let mut b = body.clone();
+    b["stream"] = json!(true);
+    let r = s.post("/v1/chat/completions", b);
+    let mut streamed = Vec::new();
+    for ev in sse_events(&r.body) {
+        if ev == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&ev).unwrap();
+        if let Some(list) = c["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(list.iter().cloned());
+        }
+    }
+    assert_eq!(
+        streamed, content,
+        "streamed log-probabilities equal the whole answer's"
+    );
+    // Without logprobs: null.
+    let v = s
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+        )
+        .json();
+    assert!(v["choices"][0]["logprobs"].is_null());
+
+    for (route, bad) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21}),
+        ),
+        ("/v1/completions", json!({"prompt": "Hi", "logprobs": 21})),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "logprobs": 1, "echo": true}),
+        ),
+    ] {
+        let r = s.post(route, bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
 }

@@ -128,6 +128,45 @@ impl TextStream {
     }
 }
 
+/// A generated token's log-probability and the most likely tokens at its position, from the
+/// logits it was sampled from: the log-softmax of the model's raw logits (before temperature,
+/// penalties and truncation, which shape the sampling, not the model's distribution).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Largest `top` that [`token_logprob`] gives (OpenAI's `top_logprobs` allows 20).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The log-probability of `token` under `logits`, and the `top` (at most
+/// [`MAX_TOP_LOGPROBS`]) most likely tokens. Sums in f64, in index order: the same logits give
+/// the same bits on every machine and thread count.
+pub fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let log_z = max as f64 + sum.ln();
+    let lp = |i: usize| (logits[i] as f64 - log_z) as f32;
+    let k = top.min(MAX_TOP_LOGPROBS).min(logits.len());
+    let mut best: Vec<u32> = Vec::with_capacity(k + 1);
+    for (i, &x) in logits.iter().enumerate() {
+        if best.len() == k && best.last().is_none_or(|&b| logits[b as usize] >= x) {
+            continue;
+        }
+        let at = best.partition_point(|&b| logits[b as usize] >= x);
+        best.insert(at, i as u32);
+        best.truncate(k);
+    }
+    TokenLogprob {
+        token,
+        logprob: lp(token as usize),
+        top: best.into_iter().map(|i| (i, lp(i as usize))).collect(),
+    }
+}
+
 /// What comes after a sampled token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -148,9 +187,20 @@ pub struct Decoder {
     pub tokens: Vec<u32>,
     max_tokens: usize,
     ignore_eos: bool,
+    /// Alternatives wanted per token when log-probabilities are asked for.
+    logprobs: Option<usize>,
+    /// The last generated token's log-probability (with [`Decoder::with_logprobs`]).
+    pub last_logprob: Option<TokenLogprob>,
 }
 
 impl Decoder {
+    /// Also compute each generated token's log-probability and `top` alternatives
+    /// ([`Decoder::last_logprob`] after each step that generates a token).
+    pub fn with_logprobs(mut self, top: usize) -> Self {
+        self.logprobs = Some(top);
+        self
+    }
+
     pub fn new(prompt: &[u32], opts: &GenerateOptions) -> Self {
         Decoder {
             sampler: Sampler::new(opts.sampler.clone()),
@@ -159,6 +209,8 @@ impl Decoder {
             tokens: Vec::new(),
             max_tokens: opts.max_tokens,
             ignore_eos: opts.ignore_eos,
+            logprobs: None,
+            last_logprob: None,
         }
     }
 
@@ -175,9 +227,13 @@ impl Decoder {
         if self.tokens.len() >= self.max_tokens {
             return Ok((String::new(), Next::Done(StopReason::Length)));
         }
+        self.last_logprob = None;
         let next = self.sampler.sample(logits, &self.history);
         if tok.is_eog(next) && !self.ignore_eos {
             return Ok((String::new(), Next::Done(StopReason::Eos)));
+        }
+        if let Some(top) = self.logprobs {
+            self.last_logprob = Some(token_logprob(logits, next, top));
         }
         self.tokens.push(next);
         self.history.push(next);
@@ -346,5 +402,29 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod logprob_tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_and_top_is_sorted() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5, f32::NEG_INFINITY];
+        let lp = token_logprob(&logits, 4, 3);
+        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+        assert!((lp.logprob as f64 - (0.5 - z.ln())).abs() < 1e-6, "{lp:?}");
+        // Ties by lower id first; the -inf token has probability 0.
+        assert_eq!(
+            lp.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1, 3, 0]
+        );
+        assert_eq!(token_logprob(&logits, 5, 0).logprob, f32::NEG_INFINITY);
+        let all = token_logprob(&logits, 0, MAX_TOP_LOGPROBS);
+        let total: f64 = all.top.iter().map(|t| (t.1 as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+        assert_eq!(all.top.len(), logits.len());
+        assert!(token_logprob(&logits, 0, 0).top.is_empty());
     }
 }

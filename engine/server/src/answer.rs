@@ -10,6 +10,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bitnet::generate::TokenLogprob;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,12 +38,14 @@ pub struct Answer {
     route: Route,
     started: Instant,
     guard: InFlight,
+    /// Whether the request asked for log-probabilities (else `"logprobs": null`).
+    logprobs: bool,
 }
 
 impl Answer {
     /// The answer to a request of `route` accepted at `started`; it counts as in flight
     /// from now on.
-    pub fn new(app: &Arc<App>, route: Route, started: Instant) -> Self {
+    pub fn new(app: &Arc<App>, route: Route, started: Instant, logprobs: bool) -> Self {
         let prefix = match route {
             Route::Completion => "cmpl",
             Route::Chat => "chatcmpl",
@@ -56,6 +59,15 @@ impl Answer {
             route,
             started,
             guard: InFlight::new(app),
+            logprobs,
+        }
+    }
+
+    /// The `logprobs` value of a choice or chunk: null unless asked for.
+    fn logprobs_json(&self, items: &[TokenLogprob], offset: usize) -> Value {
+        match (self.logprobs, self.guard.0.loaded.get()) {
+            (true, Some(l)) => super::logprobs::json(self.route, &l.tok, items, offset),
+            _ => Value::Null,
         }
     }
 
@@ -88,9 +100,11 @@ impl Answer {
         echo: Option<String>,
     ) -> Result<Response, ApiError> {
         let mut text = echo.unwrap_or_default();
+        let mut lps = Vec::new();
         let finish = loop {
             match rx.recv().await {
                 Some(Event::Text(t)) => text.push_str(&t),
+                Some(Event::Logprob(lp)) => lps.push(lp),
                 Some(Event::Done(f)) => break f,
                 Some(Event::Failed(e)) => return Err(ApiError::generation_failed(e)),
                 None => return Err(ApiError::scheduler_lost()),
@@ -101,14 +115,15 @@ impl Answer {
             return Err(e);
         }
         let reason = finish.reason.openai();
+        let logprobs = self.logprobs_json(&lps, 0);
         let choice = match self.route {
             Route::Completion => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason})
+                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason})
             }
             Route::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason,
             }),
         };
@@ -129,9 +144,19 @@ impl Answer {
     }
 
     fn chunk(&self, delta: Option<&str>, reason: Option<&str>, first: bool) -> Value {
+        self.chunk_with(delta, reason, first, Value::Null)
+    }
+
+    fn chunk_with(
+        &self,
+        delta: Option<&str>,
+        reason: Option<&str>,
+        first: bool,
+        logprobs: Value,
+    ) -> Value {
         let choice = match self.route {
             Route::Completion => json!({
-                "index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": reason,
+                "index": 0, "text": delta.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason,
             }),
             Route::Chat => {
                 let mut d = serde_json::Map::new();
@@ -141,7 +166,7 @@ impl Answer {
                 if let Some(t) = delta {
                     d.insert("content".into(), t.into());
                 }
-                json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": reason})
+                json!({"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": reason})
             }
         };
         json!({
@@ -154,6 +179,13 @@ impl Answer {
             "model": self.model,
             "system_fingerprint": super::fingerprint(),
             "choices": [choice],
+        })
+    }
+
+    /// Bytes of a token's text as the completions API's `tokens` show it.
+    fn token_text_len(&self, id: u32) -> usize {
+        self.guard.0.loaded.get().map_or(0, |l| {
+            String::from_utf8_lossy(&l.tok.token_bytes(id).unwrap_or_default()).len()
         })
     }
 
@@ -172,6 +204,10 @@ impl Answer {
             pending: std::collections::VecDeque<String>,
             first: bool,
             over: bool,
+            /// Log-probabilities of tokens whose text has not been sent yet.
+            lps: Vec<TokenLogprob>,
+            /// Bytes of completion text sent (the completions API's text offsets).
+            sent: usize,
         }
         let mut pending = std::collections::VecDeque::new();
         let mut first = true;
@@ -188,6 +224,8 @@ impl Answer {
             pending,
             first,
             over: false,
+            lps: Vec::new(),
+            sent: 0,
         };
         let events = futures_util::stream::unfold(st, move |mut st| async move {
             loop {
@@ -199,8 +237,15 @@ impl Answer {
                     return None;
                 }
                 match st.rx.recv().await {
+                    Some(Event::Logprob(lp)) => st.lps.push(lp),
                     Some(Event::Text(t)) => {
-                        let c = st.a.chunk(Some(&t), None, st.first);
+                        let lps = std::mem::take(&mut st.lps);
+                        let lp = st.a.logprobs_json(&lps, st.sent);
+                        let c = st.a.chunk_with(Some(&t), None, st.first, lp);
+                        st.sent += lps
+                            .iter()
+                            .map(|l| st.a.token_text_len(l.token))
+                            .sum::<usize>();
                         st.first = false;
                         st.pending.push_back(c.to_string());
                     }
@@ -209,6 +254,14 @@ impl Answer {
                         match st.a.failure(&f) {
                             Some(e) => st.pending.push_back(e.body().to_string()),
                             None => {
+                                // Tokens whose text was held back or cut by a stop string.
+                                if !st.lps.is_empty() {
+                                    let lps = std::mem::take(&mut st.lps);
+                                    let lp = st.a.logprobs_json(&lps, st.sent);
+                                    let c = st.a.chunk_with(Some(""), None, st.first, lp);
+                                    st.first = false;
+                                    st.pending.push_back(c.to_string());
+                                }
                                 let c = st.a.chunk(None, Some(f.reason.openai()), st.first);
                                 st.pending.push_back(c.to_string());
                                 if usage {

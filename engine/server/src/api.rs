@@ -26,12 +26,14 @@ pub async fn completions(a: Admitted, body: Body) -> Result<Response, ApiError> 
     let prompt = req.prompt()?;
     let ids = a.loaded.tok.encode(prompt, true, false);
     let echo = req.echo.then(|| prompt.to_string());
-    start(a, Route::Completion, ids, req.sampling, echo).await
+    let logprobs = req.logprobs()?;
+    start(a, Route::Completion, ids, req.sampling, echo, logprobs).await
 }
 
 pub async fn chat_completions(a: Admitted, body: Body) -> Result<Response, ApiError> {
     let req: ChatRequest = read_completion(&a.app, body).await?;
     let messages = req.messages()?;
+    let logprobs = req.logprobs()?;
     let text = render_chat(&a, messages).await?;
     let tok = &a.loaded.tok;
     // The template writes BOS itself when it wants one.
@@ -40,7 +42,7 @@ pub async fn chat_completions(a: Admitted, body: Body) -> Result<Response, ApiEr
         .and_then(|b| tok.token_text(b))
         .is_none_or(|b| !text.starts_with(b));
     let ids = tok.encode(&text, add_bos, true);
-    start(a, Route::Chat, ids, req.sampling, None).await
+    start(a, Route::Chat, ids, req.sampling, None, logprobs).await
 }
 
 /// The chat prompt, rendered on a blocking thread (never on the async runtime, whose threads
@@ -98,6 +100,7 @@ async fn start(
     ids: Vec<u32>,
     sampling: Sampling,
     echo: Option<String>,
+    logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
     if ids.is_empty() {
         return Err(ApiError::bad_request("the prompt has no tokens"));
@@ -112,13 +115,14 @@ async fn start(
         deadline: now + app.opts.request_timeout(),
         events: tx,
         enqueued: now,
+        logprobs,
     };
     app.sh.submit(job).map_err(|r| match r {
         Rejected::QueueFull => ApiError::overloaded(app.sh.queue_limit),
         Rejected::Draining => ApiError::shutting_down(),
         Rejected::SchedulerGone => ApiError::scheduler_dead(),
     })?;
-    let answer = Answer::new(app, route, now);
+    let answer = Answer::new(app, route, now, logprobs.is_some());
     match sampling.stream() {
         Some(usage) => Ok(answer.stream(rx, echo, usage)),
         None => answer.whole(rx, echo).await,

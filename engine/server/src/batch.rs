@@ -101,6 +101,9 @@ impl Slot {
             }
         };
         let first_token = first_token.unwrap_or_else(|| self.job.enqueued.elapsed());
+        if let Some(lp) = self.dec.last_logprob.take() {
+            let _ = self.send(Event::Logprob(lp));
+        }
         if !piece.is_empty() && !self.send(Event::Text(piece)) {
             sh.cancelled.fetch_add(1, Ordering::Relaxed);
             self.stage = Stage::Finished {
@@ -169,7 +172,10 @@ impl Batch {
     pub fn admit(&mut self, job: Job, model: &Model) {
         self.slots.push(Slot {
             state: model.new_state(),
-            dec: Decoder::new(&job.prompt, &job.opts),
+            dec: match job.logprobs {
+                Some(top) => Decoder::new(&job.prompt, &job.opts).with_logprobs(top),
+                None => Decoder::new(&job.prompt, &job.opts),
+            },
             stage: Stage::Prefill { prefilled: 0 },
             job,
         });
@@ -346,6 +352,7 @@ pub(crate) mod tests {
             deadline,
             events: tx,
             enqueued: Instant::now(),
+            logprobs: None,
         };
         (job, rx)
     }

@@ -32,14 +32,6 @@ const SAMPLING_FIELDS: &[&str] = &[
 /// "nothing") is refused with a 400 naming it, never answered as if it had not been asked.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     (
-        "logprobs",
-        "token log-probabilities are not implemented yet",
-    ),
-    (
-        "top_logprobs",
-        "token log-probabilities are not implemented yet",
-    ),
-    (
         "response_format",
         "structured output (json_object, json_schema) is not implemented yet",
     ),
@@ -82,7 +74,6 @@ fn asks_nothing(name: &str, v: &Value) -> bool {
         Value::Object(o) if name == "response_format" => {
             o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("text")
         }
-        Value::Number(n) if name == "top_logprobs" => n.as_u64() == Some(0),
         _ => false,
     }
 }

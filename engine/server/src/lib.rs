@@ -24,6 +24,7 @@ pub mod fields;
 pub mod health;
 pub mod lifecycle;
 pub mod limit;
+pub mod logprobs;
 pub mod metrics;
 pub mod request;
 pub mod sandbox;

@@ -6,7 +6,7 @@ use super::chat::Message;
 use super::error::ApiError;
 use super::App;
 use axum::body::Body;
-use bitnet::generate::GenerateOptions;
+use bitnet::generate::{GenerateOptions, MAX_TOP_LOGPROBS};
 use bitnet::sample::SamplerParams;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -25,8 +25,8 @@ impl Route {
     /// messages (whose fields are vetted too).
     fn own_fields(self) -> (&'static [&'static str], bool) {
         match self {
-            Route::Completion => (&["prompt", "echo"], false),
-            Route::Chat => (&["messages"], true),
+            Route::Completion => (&["prompt", "echo", "logprobs"], false),
+            Route::Chat => (&["messages", "logprobs", "top_logprobs"], true),
         }
     }
 }
@@ -132,6 +132,9 @@ pub struct CompletionRequest {
     prompt: OneOrMany,
     #[serde(default)]
     pub echo: bool,
+    /// Alternatives per token (the completions API's form: a number; null or false for none).
+    #[serde(default)]
+    logprobs: Option<Value>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -141,6 +144,10 @@ pub struct ChatRequest {
     #[serde(default)]
     model: Option<String>,
     messages: Vec<ChatMessage>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -193,7 +200,45 @@ impl CompletionRequest {
     }
 }
 
+impl CompletionRequest {
+    /// How many alternatives per token to report, if log-probabilities were asked for.
+    pub fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        let n = match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n <= MAX_TOP_LOGPROBS as u64)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "logprobs must be a number from 0 to {MAX_TOP_LOGPROBS}, not {v}"
+                    ))
+                })?,
+        };
+        if self.echo {
+            return Err(ApiError::unsupported_parameter(
+                "logprobs",
+                "`logprobs` with `echo` (log-probabilities of the prompt) is not supported",
+            ));
+        }
+        Ok(Some(n as usize))
+    }
+}
+
 impl ChatRequest {
+    /// How many alternatives per token to report, if log-probabilities were asked for.
+    pub fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (_, Some(n)) if n > MAX_TOP_LOGPROBS => Err(ApiError::bad_request(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
+            ))),
+            (false, Some(n)) if n > 0 => {
+                Err(ApiError::bad_request("top_logprobs needs logprobs: true"))
+            }
+            (false, _) => Ok(None),
+            (true, n) => Ok(Some(n.unwrap_or(0))),
+        }
+    }
+
     /// The conversation for the chat template: at least one message, text content only.
     pub fn messages(&self) -> Result<Vec<Message>, ApiError> {
         if self.messages.is_empty() {

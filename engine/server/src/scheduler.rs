@@ -30,12 +30,16 @@ pub struct Job {
     pub deadline: Instant,
     pub events: UnboundedSender<Event>,
     pub enqueued: Instant,
+    /// Report each generated token's log-probability with this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
-/// What a request hears back, in order: text pieces, then exactly one `Done` or `Failed`.
+/// What a request hears back, in order: text pieces (each generated token's log-probability
+/// before the text it completes, when asked for), then exactly one `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
     Text(String),
+    Logprob(bitnet::generate::TokenLogprob),
     Done(Finish),
     Failed(String),
 }

@@ -48,6 +48,26 @@ for chunk in stream:
 assert "".join(deltas) == msg.content, (deltas, msg.content)
 assert usage is not None and usage.completion_tokens == 10, usage
 
+# Log-probabilities, whole and streamed, through the client's own types.
+lp = client.chat.completions.create(
+    model="story", messages=[{"role": "user", "content": "Once upon a time"}], max_tokens=6,
+    temperature=0, logprobs=True, top_logprobs=3)
+content = lp.choices[0].logprobs.content
+assert len(content) == lp.usage.completion_tokens, content
+assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content), content
+assert "".join(t.token for t in content) == lp.choices[0].message.content, content
+streamed = []
+for chunk in client.chat.completions.create(
+        model="story", messages=[{"role": "user", "content": "Once upon a time"}], max_tokens=6,
+        temperature=0, logprobs=True, top_logprobs=3, stream=True):
+    for ch in chunk.choices:
+        if ch.logprobs and ch.logprobs.content:
+            streamed.extend(ch.logprobs.content)
+assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+c = client.completions.create(model="story", prompt="Once upon a time", max_tokens=4, temperature=0,
+                              logprobs=2)
+assert len(c.choices[0].logprobs.tokens) == 4 and len(c.choices[0].logprobs.top_logprobs[0]) == 2, c
+
 try:
     client.completions.create(model="gpt-4", prompt="x", max_tokens=1)
     raise AssertionError("an unknown model must fail")

@@ -683,7 +683,10 @@ mod tests {
         let t = bpe(&["a b"]).unwrap();
         assert_eq!(t.encode("ab", false, false), vec![2]);
         for (m, missing) in [("a c", "\"ac\""), ("x b", "\"x\""), ("a z", "\"z\"")] {
-            let e = bpe(&["a b", m]).err().expect("refused").to_string();
+            let Err(e) = bpe(&["a b", m]) else {
+                panic!("{m}: a merge naming a missing token must be refused")
+            };
+            let e = e.to_string();
             assert!(e.contains("merges[1]") && e.contains(missing), "{m}: {e}");
         }
     }
