@@ -3,7 +3,7 @@
 //! error with a message; every accepted request gives sane generation options.
 #![no_main]
 use bitnet_server::error::ApiError;
-use bitnet_server::request::{parse_body, ChatRequest, CompletionRequest, Route};
+use bitnet_server::request::{parse_body, ChatRequest, CompletionRequest, Prompt, Route};
 use libfuzzer_sys::fuzz_target;
 
 const CTX: usize = 64;
@@ -28,7 +28,8 @@ fn options(s: &bitnet_server::request::Sampling, prompt_len: usize) {
 fuzz_target!(|data: &[u8]| {
     match parse_body::<CompletionRequest>(data, Some(Route::Completion)) {
         Ok(r) => match r.prompt() {
-            Ok(p) => options(&r.sampling, p.len().min(CTX)),
+            Ok(Prompt::Text(p)) => options(&r.sampling, p.len().min(CTX)),
+            Ok(Prompt::Tokens(t)) => options(&r.sampling, t.len().min(CTX)),
             Err(e) => refused(e),
         },
         Err(e) => refused(e),
@@ -39,5 +40,15 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => refused(e),
         },
         Err(e) => refused(e),
+    }
+    for r in [
+        parse_body::<CompletionRequest>(data, Some(Route::Completion)).map(|r| r.logprobs()),
+        parse_body::<ChatRequest>(data, Some(Route::Chat)).map(|r| r.logprobs()),
+    ] {
+        match r {
+            Ok(Ok(Some(n))) => assert!(n <= 20),
+            Ok(Err(e)) | Err(e) => refused(e),
+            Ok(Ok(None)) => {}
+        }
     }
 });

@@ -1260,3 +1260,140 @@ fn logprobs_whole_and_streamed_are_the_models_log_softmax() {
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }
 }
+
+impl Server {
+    fn post_with(&self, path: &str, body: &Value, headers: &str) -> Reply {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let body = body.to_string();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        parse_reply(&raw)
+    }
+}
+
+/// `--api-key`: every route but the kubelet's probes needs `Authorization: Bearer KEY`
+/// (401 OpenAI-shaped otherwise, wrong and missing keys told apart); the key may come from a
+/// file.
+#[test]
+fn an_api_key_guards_every_route_but_the_probes() {
+    let key_file = tmp(&format!("key-{}", std::process::id()));
+    std::fs::write(&key_file, "s3cret-key\n").unwrap();
+    let s = serve(&["--api-key-file", key_file.to_str().unwrap()]);
+    assert_eq!(s.get("/health/live").0, 200);
+    assert_eq!(s.get("/health/ready").0, 200);
+    for path in ["/v1/models", "/metrics", "/health", "/props", "/slots"] {
+        let (st, body) = s.get(path);
+        assert_eq!(st, 401, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert_eq!(v["error"]["type"], "authentication_error");
+    }
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 2});
+    let r = s.post_with("/v1/completions", &body, "Authorization: Bearer wrong\r\n");
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("incorrect API key"), "{}", r.body);
+    let r = s.post("/v1/completions", body.clone());
+    assert!(r.body.contains("needs an API key"), "{}", r.body);
+    let r = s.post_with(
+        "/v1/completions",
+        &body,
+        "Authorization: Bearer s3cret-key\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Token-id prompts are generated from as given (the same text as the prompt's tokenization),
+/// ids outside the vocabulary and several prompts are 400s; `/props` and `/slots` describe the
+/// server and what each sequence slot is doing.
+#[test]
+fn token_prompts_props_and_slots() {
+    let s = serve(&["--parallel", "2"]);
+    let ids = s
+        .post("/tokenize", json!({"content": "Once upon a time"}))
+        .json()["tokens"]
+        .clone();
+    let by_text = s
+        .post(
+            "/v1/completions",
+            json!({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}),
+        )
+        .json();
+    let by_ids = s
+        .post(
+            "/v1/completions",
+            json!({"prompt": ids, "max_tokens": 8, "temperature": 0, "echo": true}),
+        )
+        .json();
+    let text = by_text["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        by_ids["choices"][0]["text"].as_str().unwrap(),
+        format!("Once upon a time{text}")
+    );
+    assert_eq!(by_ids["usage"], by_text["usage"]);
+    let r = s.post(
+        "/v1/completions",
+        json!({"prompt": [[1, 403]], "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for bad in [
+        json!([1, 99999999]),
+        json!(["a", "b"]),
+        json!([[1], [2]]),
+        json!([]),
+    ] {
+        let r = s.post("/v1/completions", json!({"prompt": bad, "max_tokens": 2}));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+
+    let (st, body) = s.get("/props");
+    assert_eq!(st, 200, "{body}");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["total_slots"], 2);
+    assert!(
+        p["n_ctx"].as_u64().unwrap() > 0 && p["n_vocab"].as_u64().unwrap() > 0,
+        "{p}"
+    );
+    assert_eq!(p["bos_token"], "<s>");
+    assert!(
+        p["chat_template"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("messages"),
+        "{p}"
+    );
+
+    let (_, body) = s.get("/slots");
+    let idle: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        idle,
+        json!([{"id": 0, "state": "idle"}, {"id": 1, "state": "idle"}])
+    );
+    // A long stream keeps a slot busy while we look.
+    let addr = s.addr.clone();
+    let h = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        let b = json!({"prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": true, "stream": true}).to_string();
+        write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).unwrap();
+    });
+    let t0 = Instant::now();
+    let busy = loop {
+        let v: Value = serde_json::from_str(&s.get("/slots").1).unwrap();
+        if v[0]["state"] == "decode" {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no busy slot: {v}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(busy[0]["prompt_tokens"], 5, "{busy}");
+    assert_eq!(busy[0]["max_tokens"], 200, "{busy}");
+    assert_eq!(busy[1]["state"], "idle", "{busy}");
+    h.join().unwrap();
+}

@@ -8,7 +8,9 @@ use super::admission::Admitted;
 use super::answer::Answer;
 use super::chat::{Failure, Message};
 use super::error::ApiError;
-use super::request::{read_completion, read_json, ChatRequest, CompletionRequest, Route, Sampling};
+use super::request::{
+    read_completion, read_json, ChatRequest, CompletionRequest, Prompt, Route, Sampling,
+};
 use super::scheduler::{Job, Rejected};
 use super::{App, RENDER_DEADLINE};
 use axum::body::Body;
@@ -23,9 +25,24 @@ use tokio::sync::mpsc::unbounded_channel;
 
 pub async fn completions(a: Admitted, body: Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = read_completion(&a.app, body).await?;
-    let prompt = req.prompt()?;
-    let ids = a.loaded.tok.encode(prompt, true, false);
-    let echo = req.echo.then(|| prompt.to_string());
+    let tok = &a.loaded.tok;
+    let (ids, text) = match req.prompt()? {
+        Prompt::Text(p) => (tok.encode(p, true, false), None),
+        Prompt::Tokens(t) => {
+            if let Some(&bad) = t.iter().find(|&&id| id as usize >= tok.vocab_size()) {
+                return Err(ApiError::bad_request(format!(
+                    "prompt token {bad} is outside the vocabulary of {} tokens",
+                    tok.vocab_size()
+                )));
+            }
+            (t.to_vec(), Some(tok.decode(t).unwrap_or_default()))
+        }
+    };
+    let echo = match (req.echo, req.prompt()?) {
+        (false, _) => None,
+        (true, Prompt::Text(p)) => Some(p.to_string()),
+        (true, Prompt::Tokens(_)) => text,
+    };
     let logprobs = req.logprobs()?;
     start(a, Route::Completion, ids, req.sampling, echo, logprobs).await
 }
@@ -150,6 +167,65 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
         }));
     }
     Json(json!({"object": "list", "data": data}))
+}
+
+/// llama-server's `/props`: the model, the context, the slots and the defaults a request
+/// gets for what it does not set.
+pub async fn props(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let l = app.loaded()?;
+    let c = &l.model.config;
+    let text = |id: Option<u32>| id.and_then(|i| l.tok.token_text(i)).map(str::to_string);
+    Ok(Json(json!({
+        "model": app.model_id,
+        "model_path": app.opts.model.display().to_string(),
+        "architecture": c.arch,
+        "n_ctx": c.context_length,
+        "n_vocab": c.vocab_size,
+        "n_embd": c.dim,
+        "n_layer": c.n_layers,
+        "n_head": c.n_heads,
+        "n_head_kv": c.n_kv_heads,
+        "activation": format!("{:?}", c.activation).to_lowercase(),
+        "total_slots": app.sh.parallel,
+        "queue_limit": app.sh.queue_limit,
+        "threads": app.threads,
+        "chat_template": {"name": l.chat.name, "source": l.chat.source()},
+        "bos_token": text(l.tok.bos()),
+        "eos_token": text(l.tok.eos()),
+        "tokenizer": l.tok.kind(),
+        "default_generation_settings": {
+            "max_tokens": 16,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "repeat_last_n": bitnet::sample::SamplerParams::default().repeat_last_n,
+            "n": 1,
+        },
+        "build": super::fingerprint(),
+    })))
+}
+
+/// llama-server's `/slots`: every sequence slot, idle or what its request is doing.
+pub async fn slots(State(app): State<Arc<App>>) -> Json<Value> {
+    let running = app
+        .sh
+        .slots
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let slots: Vec<Value> = (0..app.sh.parallel)
+        .map(|i| match running.get(i) {
+            Some(v) => {
+                let mut o = json!(v);
+                o["id"] = json!(i);
+                o
+            }
+            None => json!({"id": i, "state": "idle"}),
+        })
+        .collect();
+    Json(Value::Array(slots))
 }
 
 #[derive(Deserialize)]

@@ -11,7 +11,7 @@
 //! is replaced by the last one (`swap_remove`, highest index first), and the prompt budget
 //! of a step goes to prefilling slots in slot order.
 
-use super::scheduler::{Event, Finish, FinishReason, Job, Shared};
+use super::scheduler::{Event, Finish, FinishReason, Job, Shared, SlotView};
 use bitnet::generate::{Decoder, Next, StopReason};
 use bitnet::model::{Model, ModelError, State};
 use bitnet::session::{Seq, Session};
@@ -166,6 +166,27 @@ impl Batch {
     pub fn publish(&self, sh: &Shared) {
         sh.active.store(self.len(), Ordering::SeqCst);
         sh.kv_tokens.store(self.kv_tokens(), Ordering::Relaxed);
+        let views = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let (state, prefilled) = match s.stage {
+                    Stage::Prefill { prefilled } => ("prefill", prefilled),
+                    Stage::Decode { .. } => ("decode", s.job.prompt.len()),
+                    Stage::Finished { .. } => return None,
+                };
+                Some(SlotView {
+                    state,
+                    prompt_tokens: s.job.prompt.len(),
+                    prefilled,
+                    generated_tokens: s.dec.tokens.len(),
+                    max_tokens: s.job.opts.max_tokens,
+                    kv_positions: s.state.pos,
+                    age_ms: s.job.enqueued.elapsed().as_millis() as u64,
+                })
+            })
+            .collect();
+        *sh.slots.lock().unwrap_or_else(|e| e.into_inner()) = views;
     }
 
     /// Starts `job` in a new slot, at the start of its prompt.

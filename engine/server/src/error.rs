@@ -179,6 +179,20 @@ impl ApiError {
         )
     }
 
+    /// 401 `invalid_api_key`: `--api-key` is set and the request does not carry it as
+    /// `Authorization: Bearer KEY`.
+    pub fn unauthorized(present: bool) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            if present {
+                "incorrect API key (send Authorization: Bearer KEY)"
+            } else {
+                "this server needs an API key (send Authorization: Bearer KEY)"
+            },
+        )
+    }
+
     /// 504 `timeout`: the request passed its `--request-timeout` of `secs` seconds.
     pub fn timeout(secs: u64) -> Self {
         Self::new(

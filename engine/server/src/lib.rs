@@ -102,6 +102,14 @@ pub struct ServeArgs {
     /// only), with a warning.
     #[arg(skip)]
     pub render_exe: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on every route but /health/live and /health/ready
+    /// (401 otherwise). A key on the command line is visible to other users of the machine:
+    /// prefer --api-key-file.
+    #[arg(long, conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+    /// --api-key, read from the first line of this file.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
     /// Model id reported by /v1/models (default: the file name without extension).
     #[arg(long)]
     pub alias: Option<String>,
@@ -133,6 +141,9 @@ impl ServeArgs {
         }
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1");
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return bad("--api-key must not be empty");
         }
         if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
             return bad("--rate-limit must be a non-negative number");
@@ -173,6 +184,8 @@ pub struct App {
     pub renders: Arc<tokio::sync::Semaphore>,
     /// The render workers, one per render at once ([`sandbox`]).
     pub sandbox: Option<Arc<sandbox::Sandbox>>,
+    /// `--api-key` / `--api-key-file`.
+    pub api_key: Option<String>,
 }
 
 /// Chat-template renders that may run at once, each on a blocking thread.
@@ -197,6 +210,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(api::completions))
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/models", get(api::models))
+        .route("/props", get(api::props))
+        .route("/slots", get(api::slots))
         .route("/tokenize", post(api::tokenize))
         .route("/detokenize", post(api::detokenize))
         .route("/health", get(health::health))
@@ -205,8 +220,39 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(health::prometheus))
         .route("/health/metrics", get(health::prometheus))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .layer(axum::middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
+}
+
+/// Routes open without the API key: the kubelet's probes.
+const OPEN_ROUTES: &[&str] = &["/health/live", "/health/ready"];
+
+/// With an API key set, every route but [`OPEN_ROUTES`] needs `Authorization: Bearer KEY`.
+async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(key) = &app.api_key else {
+        return next.run(req).await;
+    };
+    if OPEN_ROUTES.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if same(g.as_bytes(), key.as_bytes()) => next.run(req).await,
+        other => axum::response::IntoResponse::into_response(error::ApiError::unauthorized(
+            other.is_some(),
+        )),
+    }
+}
+
+/// Equality in time that depends only on the lengths (no early exit at the first difference).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Counts every answer by route and status for /metrics.
@@ -294,6 +340,22 @@ pub fn run(opts: ServeArgs) -> Result<()> {
 }
 
 async fn serve(opts: ServeArgs) -> Result<()> {
+    let api_key = match (&opts.api_key, &opts.api_key_file) {
+        (Some(k), _) => Some(k.trim().to_string()),
+        (None, Some(p)) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| Error::io(p.display().to_string(), e))?;
+            let k = text.lines().next().unwrap_or("").trim().to_string();
+            if k.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: no API key on its first line",
+                    p.display()
+                )));
+            }
+            Some(k)
+        }
+        (None, None) => None,
+    };
     let addr = format!("{}:{}", opts.host, opts.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -329,6 +391,7 @@ async fn serve(opts: ServeArgs) -> Result<()> {
             .clone()
             .map(|exe| Arc::new(sandbox::Sandbox::new(exe, RENDERS_AT_ONCE))),
         forced_exit: AtomicBool::new(false),
+        api_key,
         opts,
     });
 

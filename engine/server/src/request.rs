@@ -77,6 +77,22 @@ pub async fn read_completion<T: CompletionBody>(app: &App, body: Body) -> Result
     }
 }
 
+/// The completions API's `prompt`: text or token ids, one or a list of them.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum PromptField {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// One prompt: text (tokenized by the server) or token ids (used as they are).
+pub enum Prompt<'a> {
+    Text(&'a str),
+    Tokens(&'a [u32]),
+}
+
 /// A string or a list of strings (OpenAI allows both for `stop` and `prompt`).
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
@@ -129,7 +145,7 @@ pub struct StreamOptions {
 pub struct CompletionRequest {
     #[serde(default)]
     model: Option<String>,
-    prompt: OneOrMany,
+    prompt: PromptField,
     #[serde(default)]
     pub echo: bool,
     /// Alternatives per token (the completions API's form: a number; null or false for none).
@@ -190,12 +206,24 @@ impl CompletionBody for ChatRequest {
 }
 
 impl CompletionRequest {
-    /// The prompt, which must be one string.
-    pub fn prompt(&self) -> Result<&str, ApiError> {
+    /// The prompt: one text or one list of token ids (a list of several prompts is refused:
+    /// send each as its own request).
+    pub fn prompt(&self) -> Result<Prompt<'_>, ApiError> {
+        let several = || {
+            ApiError::unsupported_parameter(
+                "prompt",
+                "`prompt` with several prompts is not supported yet: send one prompt per request",
+            )
+        };
         match &self.prompt {
-            OneOrMany::One(p) => Ok(p),
-            OneOrMany::Many(v) if v.len() == 1 => Ok(&v[0]),
-            OneOrMany::Many(_) => Err(ApiError::bad_request("prompt must be one string")),
+            PromptField::Text(p) => Ok(Prompt::Text(p)),
+            PromptField::Tokens(t) => Ok(Prompt::Tokens(t)),
+            PromptField::Texts(v) if v.len() == 1 => Ok(Prompt::Text(&v[0])),
+            PromptField::TokenLists(v) if v.len() == 1 => Ok(Prompt::Tokens(&v[0])),
+            PromptField::Texts(v) if v.is_empty() => {
+                Err(ApiError::bad_request("prompt must not be empty"))
+            }
+            PromptField::Texts(_) | PromptField::TokenLists(_) => Err(several()),
         }
     }
 }

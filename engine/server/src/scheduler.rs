@@ -107,6 +107,24 @@ pub struct Shared {
     /// Sequences dropped because their client went away.
     pub cancelled: AtomicU64,
     pub timed_out: AtomicU64,
+    /// What each running sequence is doing, as last published ([`Batch::publish`]).
+    pub slots: Mutex<Vec<SlotView>>,
+}
+
+/// One running sequence, as `/slots` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlotView {
+    /// `prefill` (reading its prompt) or `decode` (generating).
+    pub state: &'static str,
+    pub prompt_tokens: usize,
+    /// Prompt tokens in the KV cache so far.
+    pub prefilled: usize,
+    pub generated_tokens: usize,
+    pub max_tokens: usize,
+    /// KV cache positions held.
+    pub kv_positions: usize,
+    /// Milliseconds since the request was accepted.
+    pub age_ms: u64,
 }
 
 impl Shared {
@@ -120,6 +138,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             alive: AtomicBool::new(false),
+            slots: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             kv_tokens: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
