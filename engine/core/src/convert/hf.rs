@@ -619,7 +619,7 @@ pub fn read_vocab(
             )))
         }
     };
-    Ok(Vocab {
+    let vocab = Vocab {
         model: "gpt2".into(),
         pre: Some(pre),
         tokens,
@@ -633,7 +633,23 @@ pub fn read_vocab(
         add_space_prefix: None,
         eot,
         chat_template,
-    })
+    };
+    // The engine must be able to load what is written: build the tokenizer now (merges that
+    // name missing tokens, duplicate tokens, ids out of range are refused here, not at load).
+    crate::tokenizer::Tokenizer::from_parts(
+        &vocab.model,
+        vocab.pre.as_deref(),
+        vocab.tokens.clone(),
+        vocab.scores.clone(),
+        vocab.types.clone(),
+        vocab.merges.clone(),
+        vocab.bos,
+        vocab.eos,
+        vocab.add_bos,
+        false,
+    )
+    .map_err(|e| tbad(format!("tokenizer.json: {e}")))?;
+    Ok(vocab)
 }
 
 /// LLaMA-3's pre-tokenizer split pattern (tokenizer.json `Split` regex).
