@@ -27,9 +27,17 @@ fn options(s: &bitnet_server::request::Sampling, prompt_len: usize) {
 
 fuzz_target!(|data: &[u8]| {
     match parse_body::<CompletionRequest>(data, Some(Route::Completion)) {
-        Ok(r) => match r.prompt() {
-            Ok(Prompt::Text(p)) => options(&r.sampling, p.len().min(CTX)),
-            Ok(Prompt::Tokens(t)) => options(&r.sampling, t.len().min(CTX)),
+        Ok(r) => match r.prompts() {
+            Ok(ps) => {
+                assert!(!ps.is_empty() && ps.len() <= 16);
+                for p in ps {
+                    let n = match p {
+                        Prompt::Text(p) => p.len(),
+                        Prompt::Tokens(t) => t.len(),
+                    };
+                    options(&r.sampling, n.min(CTX));
+                }
+            }
             Err(e) => refused(e),
         },
         Err(e) => refused(e),

@@ -1309,7 +1309,7 @@ fn an_api_key_guards_every_route_but_the_probes() {
 }
 
 /// Token-id prompts are generated from as given (the same text as the prompt's tokenization),
-/// ids outside the vocabulary and several prompts are 400s; `/props` and `/slots` describe the
+/// ids outside the vocabulary and more than 16 prompts are 400s; `/props` and `/slots` describe the
 /// server and what each sequence slot is doing.
 #[test]
 fn token_prompts_props_and_slots() {
@@ -1341,11 +1341,12 @@ fn token_prompts_props_and_slots() {
         json!({"prompt": [[1, 403]], "max_tokens": 2}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    let many = json!(vec!["Hi"; 17]);
     for bad in [
         json!([1, 99999999]),
-        json!(["a", "b"]),
-        json!([[1], [2]]),
+        json!([[1], [99999999]]),
         json!([]),
+        many,
     ] {
         let r = s.post("/v1/completions", json!({"prompt": bad, "max_tokens": 2}));
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
@@ -1396,4 +1397,65 @@ fn token_prompts_props_and_slots() {
     assert_eq!(busy[0]["max_tokens"], 200, "{busy}");
     assert_eq!(busy[1]["state"], "idle", "{busy}");
     h.join().unwrap();
+}
+
+/// Several prompts in one completions request: a choice per prompt in prompt order, each the
+/// text its prompt gets alone (seeded), usage summed; streamed chunks carry each choice's
+/// index and reassemble to the same texts.
+#[test]
+fn several_prompts_get_a_choice_each_whole_and_streamed() {
+    let s = serve(&["--parallel", "2"]);
+    let prompts = ["Once upon a time", "The little dog", "Lily and Ben"];
+    let one = |p: &str| {
+        s.post(
+            "/v1/completions",
+            json!({"prompt": p, "max_tokens": 10, "temperature": 0.8, "seed": 9}),
+        )
+        .json()
+    };
+    let alone: Vec<Value> = prompts.iter().map(|p| one(p)).collect();
+    let body = json!({"prompt": prompts, "max_tokens": 10, "temperature": 0.8, "seed": 9});
+    let v = s.post("/v1/completions", body.clone()).json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{v}");
+    let mut completion = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["text"], alone[i]["choices"][0]["text"], "prompt {i}");
+        completion += alone[i]["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        completion
+    );
+    let mut b = body.clone();
+    b["stream"] = json!(true);
+    b["stream_options"] = json!({"include_usage": true});
+    let r = s.post("/v1/completions", b);
+    let mut texts = vec![String::new(); 3];
+    let mut finished = [false; 3];
+    let mut usage = Value::Null;
+    for ev in sse_events(&r.body) {
+        if ev == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&ev).unwrap();
+        if !c["usage"].is_null() {
+            usage = c["usage"].clone();
+            continue;
+        }
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        texts[i].push_str(ch["text"].as_str().unwrap());
+        finished[i] |= !ch["finish_reason"].is_null();
+    }
+    for i in 0..3 {
+        assert_eq!(
+            texts[i],
+            choices[i]["text"].as_str().unwrap(),
+            "streamed choice {i}"
+        );
+    }
+    assert_eq!(finished, [true; 3]);
+    assert_eq!(usage, v["usage"]);
 }

@@ -94,39 +94,45 @@ impl Answer {
             .completion(self.started.elapsed(), f.time_to_first_token);
     }
 
+    /// One JSON document: a choice per prompt (`index` in prompt order), usage summed.
     pub async fn whole(
         self,
-        mut rx: UnboundedReceiver<Event>,
-        echo: Option<String>,
+        prompts: Vec<(UnboundedReceiver<Event>, Option<String>)>,
     ) -> Result<Response, ApiError> {
-        let mut text = echo.unwrap_or_default();
-        let mut lps = Vec::new();
-        let finish = loop {
-            match rx.recv().await {
-                Some(Event::Text(t)) => text.push_str(&t),
-                Some(Event::Logprob(lp)) => lps.push(lp),
-                Some(Event::Done(f)) => break f,
-                Some(Event::Failed(e)) => return Err(ApiError::generation_failed(e)),
-                None => return Err(ApiError::scheduler_lost()),
+        let mut choices = Vec::with_capacity(prompts.len());
+        let mut total = Finish::default();
+        for (index, (mut rx, echo)) in prompts.into_iter().enumerate() {
+            let mut text = echo.unwrap_or_default();
+            let mut lps = Vec::new();
+            let finish = loop {
+                match rx.recv().await {
+                    Some(Event::Text(t)) => text.push_str(&t),
+                    Some(Event::Logprob(lp)) => lps.push(lp),
+                    Some(Event::Done(f)) => break f,
+                    Some(Event::Failed(e)) => return Err(ApiError::generation_failed(e)),
+                    None => return Err(ApiError::scheduler_lost()),
+                }
+            };
+            self.record(&finish);
+            if let Some(e) = self.failure(&finish) {
+                return Err(e);
             }
-        };
-        self.record(&finish);
-        if let Some(e) = self.failure(&finish) {
-            return Err(e);
+            total.prompt_tokens += finish.prompt_tokens;
+            total.completion_tokens += finish.completion_tokens;
+            let reason = finish.reason.openai();
+            let logprobs = self.logprobs_json(&lps, 0);
+            choices.push(match self.route {
+                Route::Completion => json!({
+                    "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason,
+                }),
+                Route::Chat => json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": reason,
+                }),
+            });
         }
-        let reason = finish.reason.openai();
-        let logprobs = self.logprobs_json(&lps, 0);
-        let choice = match self.route {
-            Route::Completion => {
-                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason})
-            }
-            Route::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": reason,
-            }),
-        };
         let object = match self.route {
             Route::Completion => "text_completion",
             Route::Chat => "chat.completion",
@@ -137,18 +143,19 @@ impl Answer {
             "created": self.created,
             "model": self.model,
             "system_fingerprint": super::fingerprint(),
-            "choices": [choice],
-            "usage": Self::usage(&finish),
+            "choices": choices,
+            "usage": Self::usage(&total),
         }))
         .into_response())
     }
 
-    fn chunk(&self, delta: Option<&str>, reason: Option<&str>, first: bool) -> Value {
-        self.chunk_with(delta, reason, first, Value::Null)
+    fn chunk(&self, index: usize, delta: Option<&str>, reason: Option<&str>, first: bool) -> Value {
+        self.chunk_with(index, delta, reason, first, Value::Null)
     }
 
     fn chunk_with(
         &self,
+        index: usize,
         delta: Option<&str>,
         reason: Option<&str>,
         first: bool,
@@ -156,7 +163,7 @@ impl Answer {
     ) -> Value {
         let choice = match self.route {
             Route::Completion => json!({
-                "index": 0, "text": delta.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason,
+                "index": index, "text": delta.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason,
             }),
             Route::Chat => {
                 let mut d = serde_json::Map::new();
@@ -166,7 +173,7 @@ impl Answer {
                 if let Some(t) = delta {
                     d.insert("content".into(), t.into());
                 }
-                json!({"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": reason})
+                json!({"index": index, "delta": d, "logprobs": logprobs, "finish_reason": reason})
             }
         };
         json!({
@@ -194,38 +201,50 @@ impl Answer {
     /// ends the stream with an error object instead of a finish reason.
     pub fn stream(
         self,
-        rx: UnboundedReceiver<Event>,
-        echo: Option<String>,
+        prompts: Vec<(UnboundedReceiver<Event>, Option<String>)>,
         usage: bool,
     ) -> Response {
+        /// Per choice: log-probabilities of tokens whose text has not been sent yet, and bytes
+        /// of completion text sent (the completions API's text offsets).
+        #[derive(Default)]
+        struct Choice {
+            lps: Vec<TokenLogprob>,
+            sent: usize,
+        }
         struct St {
             a: Answer,
-            rx: UnboundedReceiver<Event>,
+            rx: Events,
             pending: std::collections::VecDeque<String>,
             first: bool,
             over: bool,
-            /// Log-probabilities of tokens whose text has not been sent yet.
-            lps: Vec<TokenLogprob>,
-            /// Bytes of completion text sent (the completions API's text offsets).
-            sent: usize,
+            choices: Vec<Choice>,
+            /// Choices still generating, and the usage of those that finished.
+            running: usize,
+            total: Finish,
         }
         let mut pending = std::collections::VecDeque::new();
         let mut first = true;
         if self.route == Route::Chat {
-            pending.push_back(self.chunk(None, None, true).to_string());
+            pending.push_back(self.chunk(0, None, None, true).to_string());
             first = false;
         }
-        if let Some(e) = echo.filter(|e| !e.is_empty()) {
-            pending.push_back(self.chunk(Some(&e), None, false).to_string());
+        let n = prompts.len();
+        let mut rxs = Vec::with_capacity(n);
+        for (i, (rx, echo)) in prompts.into_iter().enumerate() {
+            if let Some(e) = echo.filter(|e| !e.is_empty()) {
+                pending.push_back(self.chunk(i, Some(&e), None, false).to_string());
+            }
+            rxs.push(rx);
         }
         let st = St {
             a: self,
-            rx,
+            rx: Events::new(rxs),
             pending,
             first,
             over: false,
-            lps: Vec::new(),
-            sent: 0,
+            choices: (0..n).map(|_| Choice::default()).collect(),
+            running: n,
+            total: Finish::default(),
         };
         let events = futures_util::stream::unfold(st, move |mut st| async move {
             loop {
@@ -236,52 +255,58 @@ impl Answer {
                 if st.over {
                     return None;
                 }
-                match st.rx.recv().await {
-                    Some(Event::Logprob(lp)) => st.lps.push(lp),
-                    Some(Event::Text(t)) => {
-                        let lps = std::mem::take(&mut st.lps);
-                        let lp = st.a.logprobs_json(&lps, st.sent);
-                        let c = st.a.chunk_with(Some(&t), None, st.first, lp);
-                        st.sent += lps
+                let (i, event) = st.rx.recv().await?;
+                match event {
+                    Event::Logprob(lp) => st.choices[i].lps.push(lp),
+                    Event::Text(t) => {
+                        let lps = std::mem::take(&mut st.choices[i].lps);
+                        let lp = st.a.logprobs_json(&lps, st.choices[i].sent);
+                        let c = st.a.chunk_with(i, Some(&t), None, st.first, lp);
+                        st.choices[i].sent += lps
                             .iter()
                             .map(|l| st.a.token_text_len(l.token))
                             .sum::<usize>();
                         st.first = false;
                         st.pending.push_back(c.to_string());
                     }
-                    Some(Event::Done(f)) => {
+                    Event::Done(f) => {
                         st.a.record(&f);
-                        match st.a.failure(&f) {
-                            Some(e) => st.pending.push_back(e.body().to_string()),
-                            None => {
-                                // Tokens whose text was held back or cut by a stop string.
-                                if !st.lps.is_empty() {
-                                    let lps = std::mem::take(&mut st.lps);
-                                    let lp = st.a.logprobs_json(&lps, st.sent);
-                                    let c = st.a.chunk_with(Some(""), None, st.first, lp);
-                                    st.first = false;
-                                    st.pending.push_back(c.to_string());
-                                }
-                                let c = st.a.chunk(None, Some(f.reason.openai()), st.first);
-                                st.pending.push_back(c.to_string());
-                                if usage {
-                                    let mut u = st.a.chunk(None, None, false);
-                                    u["choices"] = json!([]);
-                                    u["usage"] = Answer::usage(&f);
-                                    st.pending.push_back(u.to_string());
-                                }
-                            }
+                        if let Some(e) = st.a.failure(&f) {
+                            st.pending.push_back(e.body().to_string());
+                            st.pending.push_back("[DONE]".into());
+                            st.over = true;
+                            continue;
                         }
-                        st.pending.push_back("[DONE]".into());
-                        st.over = true;
+                        // Tokens whose text was held back or cut by a stop string.
+                        if !st.choices[i].lps.is_empty() {
+                            let lps = std::mem::take(&mut st.choices[i].lps);
+                            let lp = st.a.logprobs_json(&lps, st.choices[i].sent);
+                            let c = st.a.chunk_with(i, Some(""), None, st.first, lp);
+                            st.first = false;
+                            st.pending.push_back(c.to_string());
+                        }
+                        let c = st.a.chunk(i, None, Some(f.reason.openai()), st.first);
+                        st.pending.push_back(c.to_string());
+                        st.total.prompt_tokens += f.prompt_tokens;
+                        st.total.completion_tokens += f.completion_tokens;
+                        st.running -= 1;
+                        if st.running == 0 {
+                            if usage {
+                                let mut u = st.a.chunk(0, None, None, false);
+                                u["choices"] = json!([]);
+                                u["usage"] = Answer::usage(&st.total);
+                                st.pending.push_back(u.to_string());
+                            }
+                            st.pending.push_back("[DONE]".into());
+                            st.over = true;
+                        }
                     }
-                    Some(Event::Failed(e)) => {
+                    Event::Failed(e) => {
                         let e = ApiError::generation_failed(e);
                         st.pending.push_back(e.body().to_string());
                         st.pending.push_back("[DONE]".into());
                         st.over = true;
                     }
-                    None => return None,
                 }
             }
         });
@@ -289,5 +314,40 @@ impl Answer {
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         r
+    }
+}
+
+/// The events of one request's sequences, tagged with the sequence's index. One sequence is
+/// read directly; several are forwarded into one channel by a task each (which stops, and
+/// so cancels its sequence, when the answer is dropped).
+enum Events {
+    One(UnboundedReceiver<Event>),
+    Many(UnboundedReceiver<(usize, Event)>),
+}
+
+impl Events {
+    fn new(mut rxs: Vec<UnboundedReceiver<Event>>) -> Self {
+        if rxs.len() == 1 {
+            return Events::One(rxs.pop().expect("one"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for (i, mut r) in rxs.into_iter().enumerate() {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = r.recv().await {
+                    if tx.send((i, e)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Events::Many(rx)
+    }
+
+    async fn recv(&mut self) -> Option<(usize, Event)> {
+        match self {
+            Events::One(r) => r.recv().await.map(|e| (0, e)),
+            Events::Many(r) => r.recv().await,
+        }
     }
 }

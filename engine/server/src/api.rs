@@ -25,26 +25,25 @@ use tokio::sync::mpsc::unbounded_channel;
 
 pub async fn completions(a: Admitted, body: Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = read_completion(&a.app, body).await?;
-    let tok = &a.loaded.tok;
-    let (ids, text) = match req.prompt()? {
-        Prompt::Text(p) => (tok.encode(p, true, false), None),
-        Prompt::Tokens(t) => {
-            if let Some(&bad) = t.iter().find(|&&id| id as usize >= tok.vocab_size()) {
-                return Err(ApiError::bad_request(format!(
-                    "prompt token {bad} is outside the vocabulary of {} tokens",
-                    tok.vocab_size()
-                )));
-            }
-            (t.to_vec(), Some(tok.decode(t).unwrap_or_default()))
-        }
-    };
-    let echo = match (req.echo, req.prompt()?) {
-        (false, _) => None,
-        (true, Prompt::Text(p)) => Some(p.to_string()),
-        (true, Prompt::Tokens(_)) => text,
-    };
     let logprobs = req.logprobs()?;
-    start(a, Route::Completion, ids, req.sampling, echo, logprobs).await
+    let tok = &a.loaded.tok;
+    let mut prompts = Vec::new();
+    for p in req.prompts()? {
+        prompts.push(match p {
+            Prompt::Text(t) => (tok.encode(t, true, false), req.echo.then(|| t.to_string())),
+            Prompt::Tokens(t) => {
+                if let Some(&bad) = t.iter().find(|&&id| id as usize >= tok.vocab_size()) {
+                    return Err(ApiError::bad_request(format!(
+                        "prompt token {bad} is outside the vocabulary of {} tokens",
+                        tok.vocab_size()
+                    )));
+                }
+                let echo = req.echo.then(|| tok.decode(t).unwrap_or_default());
+                (t.to_vec(), echo)
+            }
+        });
+    }
+    start(a, Route::Completion, prompts, req.sampling, logprobs).await
 }
 
 pub async fn chat_completions(a: Admitted, body: Body) -> Result<Response, ApiError> {
@@ -59,7 +58,7 @@ pub async fn chat_completions(a: Admitted, body: Body) -> Result<Response, ApiEr
         .and_then(|b| tok.token_text(b))
         .is_none_or(|b| !text.starts_with(b));
     let ids = tok.encode(&text, add_bos, true);
-    start(a, Route::Chat, ids, req.sampling, None, logprobs).await
+    start(a, Route::Chat, vec![(ids, None)], req.sampling, logprobs).await
 }
 
 /// The chat prompt, rendered on a blocking thread (never on the async runtime, whose threads
@@ -110,39 +109,49 @@ async fn render_chat(a: &Admitted, messages: Vec<Message>) -> Result<String, Api
     }
 }
 
-/// Queues the job and answers: one JSON document, or a stream of events.
+/// Queues a job per prompt and answers: one JSON document, or a stream of events, with a
+/// choice per prompt. If a later prompt is refused (a full queue), the earlier ones are
+/// dropped with the answer and cancelled.
 async fn start(
     a: Admitted,
     route: Route,
-    ids: Vec<u32>,
+    prompts: Vec<(Vec<u32>, Option<String>)>,
     sampling: Sampling,
-    echo: Option<String>,
     logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
-    if ids.is_empty() {
-        return Err(ApiError::bad_request("the prompt has no tokens"));
+    let ctx = a.loaded.model.config.context_length;
+    let mut jobs = Vec::with_capacity(prompts.len());
+    for (ids, echo) in prompts {
+        if ids.is_empty() {
+            return Err(ApiError::bad_request("the prompt has no tokens"));
+        }
+        let opts = sampling.options(ids.len(), ctx)?;
+        jobs.push((ids, opts, echo));
     }
-    let opts = sampling.options(ids.len(), a.loaded.model.config.context_length)?;
     let app = &a.app;
-    let (tx, rx) = unbounded_channel();
     let now = Instant::now();
-    let job = Job {
-        prompt: ids,
-        opts,
-        deadline: now + app.opts.request_timeout(),
-        events: tx,
-        enqueued: now,
-        logprobs,
-    };
-    app.sh.submit(job).map_err(|r| match r {
-        Rejected::QueueFull => ApiError::overloaded(app.sh.queue_limit),
-        Rejected::Draining => ApiError::shutting_down(),
-        Rejected::SchedulerGone => ApiError::scheduler_dead(),
-    })?;
+    let mut answers = Vec::with_capacity(jobs.len());
+    for (ids, opts, echo) in jobs {
+        let (tx, rx) = unbounded_channel();
+        let job = Job {
+            prompt: ids,
+            opts,
+            deadline: now + app.opts.request_timeout(),
+            events: tx,
+            enqueued: now,
+            logprobs,
+        };
+        app.sh.submit(job).map_err(|r| match r {
+            Rejected::QueueFull => ApiError::overloaded(app.sh.queue_limit),
+            Rejected::Draining => ApiError::shutting_down(),
+            Rejected::SchedulerGone => ApiError::scheduler_dead(),
+        })?;
+        answers.push((rx, echo));
+    }
     let answer = Answer::new(app, route, now, logprobs.is_some());
     match sampling.stream() {
-        Some(usage) => Ok(answer.stream(rx, echo, usage)),
-        None => answer.whole(rx, echo).await,
+        Some(usage) => Ok(answer.stream(answers, usage)),
+        None => answer.whole(answers).await,
     }
 }
 

@@ -206,27 +206,27 @@ impl CompletionBody for ChatRequest {
 }
 
 impl CompletionRequest {
-    /// The prompt: one text or one list of token ids (a list of several prompts is refused:
-    /// send each as its own request).
-    pub fn prompt(&self) -> Result<Prompt<'_>, ApiError> {
-        let several = || {
-            ApiError::unsupported_parameter(
-                "prompt",
-                "`prompt` with several prompts is not supported yet: send one prompt per request",
-            )
+    /// The prompts: one text, one list of token ids, or a list of either (each answered as a
+    /// choice of its own, `n` = 1 per prompt); at most [`MAX_PROMPTS`].
+    pub fn prompts(&self) -> Result<Vec<Prompt<'_>>, ApiError> {
+        let v: Vec<Prompt<'_>> = match &self.prompt {
+            PromptField::Text(p) => vec![Prompt::Text(p)],
+            PromptField::Tokens(t) => vec![Prompt::Tokens(t)],
+            PromptField::Texts(v) => v.iter().map(|p| Prompt::Text(p)).collect(),
+            PromptField::TokenLists(v) => v.iter().map(|t| Prompt::Tokens(t)).collect(),
         };
-        match &self.prompt {
-            PromptField::Text(p) => Ok(Prompt::Text(p)),
-            PromptField::Tokens(t) => Ok(Prompt::Tokens(t)),
-            PromptField::Texts(v) if v.len() == 1 => Ok(Prompt::Text(&v[0])),
-            PromptField::TokenLists(v) if v.len() == 1 => Ok(Prompt::Tokens(&v[0])),
-            PromptField::Texts(v) if v.is_empty() => {
-                Err(ApiError::bad_request("prompt must not be empty"))
-            }
-            PromptField::Texts(_) | PromptField::TokenLists(_) => Err(several()),
+        match v.len() {
+            0 => Err(ApiError::bad_request("prompt must not be an empty list")),
+            n if n > MAX_PROMPTS => Err(ApiError::bad_request(format!(
+                "at most {MAX_PROMPTS} prompts in one request ({n} given)"
+            ))),
+            _ => Ok(v),
         }
     }
 }
+
+/// Prompts one completions request may carry.
+pub const MAX_PROMPTS: usize = 16;
 
 impl CompletionRequest {
     /// How many alternatives per token to report, if log-probabilities were asked for.

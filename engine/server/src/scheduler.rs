@@ -44,7 +44,7 @@ pub enum Event {
     Failed(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Finish {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
@@ -52,9 +52,10 @@ pub struct Finish {
     pub time_to_first_token: Option<Duration>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum FinishReason {
     /// EOS or a stop string.
+    #[default]
     Stop,
     /// max_tokens or the end of the context.
     Length,
