@@ -23,9 +23,9 @@ run() {
   cp -r "corpus/$t/." "$work/corpus/$t/"
   # chat_template: a namespace stored in itself is a reference cycle that minijinja leaks
   # by design; the server renders in worker processes that are replaced (sandbox.rs).
-  local extra=()
-  [ "$t" = chat_template ] && extra=(-detect_leaks=0)
-  if "$bin/$t" "$work/corpus/$t" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
+  local extra=() asan="${ASAN_OPTIONS:-}"
+  [ "$t" = chat_template ] && { extra=(-detect_leaks=0); asan="detect_leaks=0"; }
+  if ASAN_OPTIONS="$asan" "$bin/$t" "$work/corpus/$t" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
       -print_final_stats=1 -artifact_prefix="$work/artifacts/$t/" "${extra[@]}" > "$work/$t.log" 2>&1; then
     echo "fuzz $t: ok, $(grep -o 'number_of_executed_units: [0-9]*' "$work/$t.log" | grep -o '[0-9]*') executions in ${secs} s"
   else
