@@ -8,28 +8,11 @@ pub mod audit;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// What separates the parts of a multi-part input (`engine/core/examples/fuzz_seeds.rs` writes
-/// its seeds with the same).
-pub const SPLIT: &[u8] = b"\n\x00--split--\x00\n";
-
-/// `data` cut at each [`SPLIT`], always `n` parts (missing ones empty, extra ones joined into
-/// the last).
-pub fn parts(data: &[u8], n: usize) -> Vec<&[u8]> {
-    let mut out = Vec::with_capacity(n);
-    let mut rest = data;
-    while out.len() + 1 < n {
-        match rest.windows(SPLIT.len()).position(|w| w == SPLIT) {
-            Some(i) => {
-                out.push(&rest[..i]);
-                rest = &rest[i + SPLIT.len()..];
-            }
-            None => break,
-        }
-    }
-    out.push(rest);
-    out.resize(n, &[]);
-    out
-}
+/// Splitting multi-part inputs: the same file the workspace's regression tests use (its
+/// `inputs` reads `fuzz/regressions/`, which only those tests call).
+#[path = "../../engine/core/tests/common/fuzz_inputs.rs"]
+mod fuzz_inputs;
+pub use fuzz_inputs::{parts, SPLIT};
 
 /// The shared data directory: `BITNET_SHARED`, else `../shared` beside the repository.
 fn shared() -> PathBuf {

@@ -7,45 +7,12 @@ use bitnet::gguf::Gguf;
 use bitnet::model::Model;
 use bitnet::session::Session;
 use bitnet::tokenizer::Tokenizer;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/regressions")
-        .join(target);
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no regression inputs in {}", dir.display());
-    v
-}
-
-/// What `fuzz/src/lib.rs` splits multi-part inputs at.
-const SPLIT: &[u8] = b"\n\x00--split--\x00\n";
-
-fn parts(data: &[u8], n: usize) -> Vec<&[u8]> {
-    let mut out = Vec::with_capacity(n);
-    let mut rest = data;
-    while out.len() + 1 < n {
-        match rest.windows(SPLIT.len()).position(|w| w == SPLIT) {
-            Some(i) => {
-                out.push(&rest[..i]);
-                rest = &rest[i + SPLIT.len()..];
-            }
-            None => break,
-        }
-    }
-    out.push(rest);
-    out.resize(n, &[]);
-    out
-}
+#[path = "common/fuzz_inputs.rs"]
+mod fuzz_inputs;
+use fuzz_inputs::{inputs, parts};
 
 /// As `fuzz_targets/gguf.rs`: parse, tokenizer, model, one forward step.
 #[test]

@@ -2,38 +2,18 @@
 //! targets run them (`fuzz/regressions/<target>/`): each now ends in a typed error.
 
 use bitnet_server::chat::{ChatTemplate, Message, RenderLimits};
-use std::path::Path;
 
-/// What `fuzz/src/lib.rs` splits multi-part inputs at.
-const SPLIT: &[u8] = b"\n\x00--split--\x00\n";
-
-fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/regressions")
-        .join(target);
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no regression inputs in {}", dir.display());
-    v
-}
+#[path = "../../core/tests/common/fuzz_inputs.rs"]
+mod fuzz_inputs;
+use fuzz_inputs::inputs;
 
 /// As `fuzz_targets/chat_template.rs`: template, then `role \x02 content` messages split by
 /// `\x01`; rendered in this process with a small budget.
 #[test]
 fn chat_template_regressions_render_or_fail_typed() {
     for (name, data) in inputs("chat_template") {
-        let cut = data.windows(SPLIT.len()).position(|w| w == SPLIT);
-        let (src, rest) = match cut {
-            Some(i) => (&data[..i], &data[i + SPLIT.len()..]),
-            None => (&data[..], &[][..]),
-        };
+        let p = fuzz_inputs::parts(&data, 2);
+        let (src, rest) = (p[0], p[1]);
         let Ok(src) = std::str::from_utf8(src) else {
             continue;
         };
