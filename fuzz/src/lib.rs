@@ -5,7 +5,6 @@
 #[path = "../../harness/src/audit.rs"]
 pub mod audit;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// Splitting multi-part inputs: the same file the workspace's regression tests use (its
@@ -14,20 +13,14 @@ use std::sync::OnceLock;
 mod fuzz_inputs;
 pub use fuzz_inputs::{parts, SPLIT};
 
-/// The shared data directory: `BITNET_SHARED`, else `../shared` beside the repository.
-fn shared() -> PathBuf {
-    std::env::var_os("BITNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
-
 /// llama.cpp's LLaMA-3 BPE and LLaMA SentencePiece vocabularies, loaded once. A fuzz run
 /// without them is useless, so their absence stops it with a message.
 pub fn vocabularies() -> &'static [bitnet::tokenizer::Tokenizer; 2] {
     static V: OnceLock<[bitnet::tokenizer::Tokenizer; 2]> = OnceLock::new();
     V.get_or_init(|| {
         let load = |name: &str| {
-            let p = shared().join("tokenizers").join(name);
+            let p = bitnet::env::shared_path(&format!("tokenizers/{name}"))
+                .unwrap_or_else(|e| panic!("{e}"));
             let g = bitnet::gguf::Gguf::open(&p)
                 .unwrap_or_else(|e| panic!("{}: {e} (set BITNET_SHARED)", p.display()));
             bitnet::tokenizer::Tokenizer::from_gguf(&g)

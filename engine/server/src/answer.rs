@@ -191,9 +191,11 @@ impl Answer {
 
     /// Bytes of a token's text as the completions API's `tokens` show it.
     fn token_text_len(&self, id: u32) -> usize {
-        self.guard.0.loaded.get().map_or(0, |l| {
-            String::from_utf8_lossy(&l.tok.token_bytes(id).unwrap_or_default()).len()
-        })
+        self.guard
+            .0
+            .loaded
+            .get()
+            .map_or(0, |l| super::logprobs::text(&l.tok, id).len())
     }
 
     /// Server-sent events: `data: {chunk}` per text piece, a final chunk with the finish

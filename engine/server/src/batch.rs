@@ -166,27 +166,25 @@ impl Batch {
     pub fn publish(&self, sh: &Shared) {
         sh.active.store(self.len(), Ordering::SeqCst);
         sh.kv_tokens.store(self.kv_tokens(), Ordering::Relaxed);
-        let views = self
-            .slots
-            .iter()
-            .filter_map(|s| {
-                let (state, prefilled) = match s.stage {
-                    Stage::Prefill { prefilled } => ("prefill", prefilled),
-                    Stage::Decode { .. } => ("decode", s.job.prompt.len()),
-                    Stage::Finished { .. } => return None,
-                };
-                Some(SlotView {
-                    state,
-                    prompt_tokens: s.job.prompt.len(),
-                    prefilled,
-                    generated_tokens: s.dec.tokens.len(),
-                    max_tokens: s.job.opts.max_tokens,
-                    kv_positions: s.state.pos,
-                    age_ms: s.job.enqueued.elapsed().as_millis() as u64,
-                })
+        // Rewritten in place: a step allocates nothing here once the vector has grown.
+        let mut views = sh.slots.lock().unwrap_or_else(|e| e.into_inner());
+        views.clear();
+        views.extend(self.slots.iter().filter_map(|s| {
+            let (state, prefilled) = match s.stage {
+                Stage::Prefill { prefilled } => ("prefill", prefilled),
+                Stage::Decode { .. } => ("decode", s.job.prompt.len()),
+                Stage::Finished { .. } => return None,
+            };
+            Some(SlotView {
+                state,
+                prompt_tokens: s.job.prompt.len(),
+                prefilled,
+                generated_tokens: s.dec.tokens.len(),
+                max_tokens: s.job.opts.max_tokens,
+                kv_positions: s.state.pos,
+                age_ms: s.job.enqueued.elapsed().as_millis() as u64,
             })
-            .collect();
-        *sh.slots.lock().unwrap_or_else(|e| e.into_inner()) = views;
+        }));
     }
 
     /// Starts `job` in a new slot, at the start of its prompt.

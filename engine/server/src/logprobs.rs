@@ -20,7 +20,8 @@ fn bytes(tok: &Tokenizer, id: u32) -> Vec<u8> {
     tok.token_bytes(id).unwrap_or_default()
 }
 
-fn text(tok: &Tokenizer, id: u32) -> String {
+/// A token's text as the `tokens` / `token` fields show it (invalid UTF-8 replaced).
+pub fn text(tok: &Tokenizer, id: u32) -> String {
     String::from_utf8_lossy(&bytes(tok, id)).into_owned()
 }
 

@@ -69,20 +69,31 @@ pub(super) struct Bpe {
 
 impl Bpe {
     /// Takes `merges` ("left right", rank = position; the first occurrence of a pair wins).
+    /// `is_token` says whether a text is a token of the vocabulary: a merge must join two
+    /// tokens into a third (one that names anything else is a damaged or mismatched file).
     pub(super) fn new<M: AsRef<str>>(
         pre: PreTokenizer,
         ignore_merges: bool,
         merges: &[M],
+        is_token: impl Fn(&str) -> bool,
     ) -> Result<Self, TokenizerError> {
         let bytes = merges.iter().map(|m| m.as_ref().len()).sum();
         let mut ranks = StrTable::with_capacity(merges.len(), bytes)?;
         for (rank, m) in merges.iter().enumerate() {
             let m = m.as_ref();
+            let bad = |what: String| {
+                TokenizerError::BadMetadata(format!("tokenizer.ggml.merges[{rank}] = {m:?}{what}"))
+            };
             // llama.cpp splits at the first space after the first byte.
-            if !m.as_bytes().iter().skip(1).any(|&b| b == b' ') {
-                return Err(TokenizerError::BadMetadata(format!(
-                    "tokenizer.ggml.merges[{rank}] = {m:?} is not \"left right\""
-                )));
+            let Some(i) = m.bytes().skip(1).position(|b| b == b' ').map(|i| i + 1) else {
+                return Err(bad(" is not \"left right\"".into()));
+            };
+            let (l, r) = (&m[..i], &m[i + 1..]);
+            if let Some(t) = [l.to_string(), r.to_string(), format!("{l}{r}")]
+                .into_iter()
+                .find(|t| !is_token(t))
+            {
+                return Err(bad(format!(": {t:?} is not a token of the vocabulary")));
             }
             ranks.push(m)?;
         }

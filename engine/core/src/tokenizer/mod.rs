@@ -463,28 +463,12 @@ impl Tokenizer {
             Kind::Spm { byte_tokens }
         } else {
             let (pre, ignore_merges, _) = bpe_pre(p.pre)?;
-            // A merge must join two tokens of the vocabulary into a third: one that names
-            // anything else is a damaged or mismatched file, not something to tokenize with.
-            for (rank, m) in p.merges.iter().enumerate() {
-                let m = m.as_ref();
-                let cut = m
-                    .char_indices()
-                    .skip(1)
-                    .find(|&(_, c)| c == ' ')
-                    .map(|(i, _)| i);
-                let missing = cut.and_then(|i| {
-                    let (l, r) = (&m[..i], &m[i + 1..]);
-                    [l.to_string(), r.to_string(), format!("{l}{r}")]
-                        .into_iter()
-                        .find(|t| vocab.id(t).is_none())
-                });
-                if let Some(t) = missing {
-                    return Err(bad(format!(
-                        "tokenizer.ggml.merges[{rank}] = {m:?}: {t:?} is not a token of the vocabulary"
-                    )));
-                }
-            }
-            Kind::Bpe(Box::new(bpe::Bpe::new(pre, ignore_merges, p.merges)?))
+            Kind::Bpe(Box::new(bpe::Bpe::new(
+                pre,
+                ignore_merges,
+                p.merges,
+                |t| vocab.id(t).is_some(),
+            )?))
         };
 
         let pieces = Self::pieces(&vocab, is_spm)?;
